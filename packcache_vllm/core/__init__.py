@@ -1,0 +1,1 @@
+"""PackCache policy core: pure Python + torch, never imports vLLM."""

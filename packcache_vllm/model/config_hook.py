@@ -1,0 +1,58 @@
+"""Config-time adjustments for Lumos-1 checkpoints, run by vLLM when it builds the ModelConfig.
+
+vLLM only takes its M-RoPE path (3-row positions, ``get_mrope_input_positions``) when the HF config
+declares an ``mrope_section``. Lumos-1's config does not (its MM-RoPE is custom), so we add one that
+describes the split: how many of the head_dim/2 rotary frequencies follow t, h and w.
+"""
+
+from __future__ import annotations
+
+from packcache_vllm.core.rope import channel_axes
+
+LUMOS_ARCHITECTURE = "ChameleonXLLMXForConditionalGeneration"
+MODEL_CLASS_PATH = "packcache_vllm.model.lumos:LumosForVideoGeneration"
+DEFAULT_GRID = (48, 84)  # Lumos-1 at 672x384: 48 rows x 84 columns of 8x8-pixel tokens
+
+
+def frame_grid(hf_config) -> tuple[int, int]:
+    """(rows, cols) of every frame: ``video_rows``/``video_cols`` from the config, else 48 x 84."""
+    rows = getattr(hf_config, "video_rows", None) or DEFAULT_GRID[0]
+    cols = getattr(hf_config, "video_cols", None) or DEFAULT_GRID[1]
+    if rows < 1 or cols < 1:
+        raise ValueError(f"video_rows/video_cols must be >= 1, got {rows} x {cols}")
+    return int(rows), int(cols)
+
+
+def rope_theta(hf_config) -> float:
+    """RoPE base: transformers 5 keeps it in ``rope_parameters``, older configs as ``rope_theta``."""
+    params = getattr(hf_config, "rope_parameters", None) or {}
+    theta = params.get("rope_theta", getattr(hf_config, "rope_theta", None))
+    if theta is None:
+        raise ValueError("config has no rope_theta (neither top-level nor in rope_parameters)")
+    return float(theta)
+
+
+def mrope_section(head_dim: int) -> list[int]:
+    """Number of rotary frequencies (first half of head_dim) driven by t, h and w."""
+    axes = channel_axes(head_dim)[: head_dim // 2]
+    return [int((axes == axis).sum()) for axis in range(3)]
+
+
+class LumosConfigHook:
+    """vLLM's per-architecture config hook (``MODELS_CONFIG_MAP`` protocol)."""
+
+    @staticmethod
+    def verify_and_update_model_config(model_config) -> None:
+        hf_config = model_config.hf_config
+        if not getattr(hf_config, "mm_rope", True):
+            raise ValueError(
+                f"{model_config.model}: config.json has mm_rope=false; only MM-RoPE Lumos-1 "
+                "checkpoints are supported"
+            )
+        frame_grid(hf_config)
+        head_dim = hf_config.hidden_size // hf_config.num_attention_heads
+        hf_config.mrope_section = mrope_section(head_dim)
+
+    @staticmethod
+    def verify_and_update_config(vllm_config) -> None:
+        return None

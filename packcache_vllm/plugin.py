@@ -1,0 +1,30 @@
+"""vLLM general-plugin entry point (``vllm.general_plugins``: ``packcache``).
+
+vLLM calls ``register()`` in every process it starts (API server, engine core, workers), before it
+parses arguments or builds the model. It must be idempotent and cheap: everything is registered by
+string path, so nothing heavy is imported here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+_registered = False
+
+
+def register() -> None:
+    global _registered
+    if _registered:
+        return
+    from packcache_vllm.engine import compat
+    from packcache_vllm.model.config_hook import (
+        LUMOS_ARCHITECTURE,
+        MODEL_CLASS_PATH,
+        LumosConfigHook,
+    )
+
+    compat.register_model(LUMOS_ARCHITECTURE, MODEL_CLASS_PATH)
+    compat.register_config_hook(LUMOS_ARCHITECTURE, LumosConfigHook)
+    _registered = True
+    logger.debug("packcache_vllm registered %s", LUMOS_ARCHITECTURE)
