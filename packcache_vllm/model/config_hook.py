@@ -24,7 +24,7 @@ def frame_grid(hf_config) -> tuple[int, int]:
 
 
 def rope_theta(hf_config) -> float:
-    """RoPE base: transformers 5 keeps it in ``rope_parameters``, older configs as ``rope_theta``."""
+    """RoPE base: in ``rope_parameters`` (transformers 5) or top-level ``rope_theta``."""
     params = getattr(hf_config, "rope_parameters", None) or {}
     theta = params.get("rope_theta", getattr(hf_config, "rope_theta", None))
     if theta is None:

@@ -18,7 +18,6 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from vllm.config import VllmConfig
 from vllm.distributed import get_tensor_model_parallel_world_size
 from vllm.model_executor.layers.activation import SiluAndMul
@@ -38,7 +37,7 @@ from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.interfaces import SupportsMRoPE
 
 from packcache_vllm.core import position_code
-from packcache_vllm.core.layout import LUMOS_TOKENS, video_positions
+from packcache_vllm.core.layout import find_frame_start, video_positions
 from packcache_vllm.core.rope import MMRoPE, rotate
 from packcache_vllm.model.config_hook import frame_grid, rope_theta
 
@@ -50,7 +49,9 @@ STACKED_PARAMS = (  # (vLLM parameter, checkpoint name, shard id)
     ("gate_up_proj", "gate_proj", 0),
     ("gate_up_proj", "up_proj", 1),
 )
-IGNORED_PREFIXES = ("model.vqmodel.",)  # Lumos deletes the VQ model before saving; ignore if present
+IGNORED_PREFIXES = (
+    "model.vqmodel.",
+)  # Lumos deletes the VQ model before saving; ignore if present
 
 
 class LumosQKNorm(nn.Module):
@@ -88,20 +89,32 @@ class LumosAttention(nn.Module):
         self.kv_size = self.num_kv_heads * self.head_dim
         bias = getattr(config, "attention_bias", False)
         self.qkv_proj = QKVParallelLinear(
-            config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads,
-            bias=bias, quant_config=quant_config, prefix=f"{prefix}.qkv_proj",
+            config.hidden_size,
+            self.head_dim,
+            self.num_heads,
+            self.num_kv_heads,
+            bias=bias,
+            quant_config=quant_config,
+            prefix=f"{prefix}.qkv_proj",
         )
         self.o_proj = RowParallelLinear(
-            self.q_size, config.hidden_size, bias=bias,
-            quant_config=quant_config, prefix=f"{prefix}.o_proj",
+            self.q_size,
+            config.hidden_size,
+            bias=bias,
+            quant_config=quant_config,
+            prefix=f"{prefix}.o_proj",
         )
         mp = getattr(config, "model_parallel_size", 1)
         self.q_norm = LumosQKNorm(self.num_heads, self.head_dim, mp)
         self.k_norm = LumosQKNorm(self.num_kv_heads, self.head_dim, mp)
         self.attn = Attention(
-            self.num_heads, self.head_dim, self.head_dim**-0.5,
-            num_kv_heads=self.num_kv_heads, cache_config=cache_config,
-            quant_config=quant_config, prefix=f"{prefix}.attn",
+            self.num_heads,
+            self.head_dim,
+            self.head_dim**-0.5,
+            num_kv_heads=self.num_kv_heads,
+            cache_config=cache_config,
+            quant_config=quant_config,
+            prefix=f"{prefix}.attn",
         )
 
     def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -119,15 +132,23 @@ class LumosMLP(nn.Module):
     def __init__(self, config, quant_config, prefix: str) -> None:
         super().__init__()
         if config.hidden_act != "silu":
-            raise ValueError(f"Lumos MLP supports hidden_act='silu' only, got {config.hidden_act!r}")
+            raise ValueError(
+                f"Lumos MLP supports hidden_act='silu' only, got {config.hidden_act!r}"
+            )
         bias = getattr(config, "mlp_bias", False)
         self.gate_up_proj = MergedColumnParallelLinear(
-            config.hidden_size, [config.intermediate_size] * 2, bias=bias,
-            quant_config=quant_config, prefix=f"{prefix}.gate_up_proj",
+            config.hidden_size,
+            [config.intermediate_size] * 2,
+            bias=bias,
+            quant_config=quant_config,
+            prefix=f"{prefix}.gate_up_proj",
         )
         self.down_proj = RowParallelLinear(
-            config.intermediate_size, config.hidden_size, bias=bias,
-            quant_config=quant_config, prefix=f"{prefix}.down_proj",
+            config.intermediate_size,
+            config.hidden_size,
+            bias=bias,
+            quant_config=quant_config,
+            prefix=f"{prefix}.down_proj",
         )
         self.act = SiluAndMul()
 
@@ -190,9 +211,11 @@ class LumosForVideoGeneration(nn.Module, SupportsMRoPE):
         self.logits_processor = LogitsProcessor(config.vocab_size)
 
     # --- positions -------------------------------------------------------------------------
-    def get_mrope_input_positions(self, input_tokens: list[int], mm_features) -> tuple[torch.Tensor, int]:
+    def get_mrope_input_positions(
+        self, input_tokens: list[int], mm_features
+    ) -> tuple[torch.Tensor, int]:
         """Position codes [3, L] for the prompt, and the code base vLLM adds to later tokens."""
-        frame_start = first_frame_start(input_tokens)
+        frame_start = find_frame_start(list(input_tokens))
         base = position_code.code_base(frame_start)
         codes = torch.arange(len(input_tokens), dtype=torch.int64) + base
         return codes.expand(3, -1).clone(), base
@@ -244,7 +267,7 @@ class LumosForVideoGeneration(nn.Module, SupportsMRoPE):
 
 
 def load_one_weight(params: dict[str, nn.Parameter], name: str, tensor: torch.Tensor) -> str:
-    """Load one checkpoint tensor into its (possibly stacked) parameter; returns the parameter name."""
+    """Load one checkpoint tensor into its (possibly stacked) parameter; returns its name."""
     for param_name, ckpt_name, shard in STACKED_PARAMS:
         if f".{ckpt_name}." in name:
             target = name.replace(ckpt_name, param_name)
@@ -257,11 +280,3 @@ def load_one_weight(params: dict[str, nn.Parameter], name: str, tensor: torch.Te
     loader = getattr(param, "weight_loader", default_weight_loader)
     loader(param, tensor)
     return name
-
-
-def first_frame_start(prompt: list[int]) -> int:
-    """Index of the first <racm3:break> in the prompt, or len(prompt) (video starts after it)."""
-    try:
-        return prompt.index(LUMOS_TOKENS.frame_break)
-    except ValueError:
-        return len(prompt)

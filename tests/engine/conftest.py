@@ -1,0 +1,67 @@
+"""Shared fixtures for tests that run vLLM on the CPU with a tiny random Lumos-1 checkpoint.
+
+One in-process engine (VLLM_ENABLE_V1_MULTIPROCESSING=0, ~3 s to start) is shared by every test
+of the session; tests that need the real multi-process server start their own.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+BLOCK_SIZE = 32
+KV_CACHE_BYTES = 128 << 20
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    from packcache_vllm.model.factory import build_tiny_lumos
+
+    return build_tiny_lumos(tmp_path_factory.mktemp("tiny-lumos"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def llm(tiny_model_dir):
+    from vllm import LLM
+
+    engine = LLM(
+        str(tiny_model_dir),
+        dtype="float32",
+        enforce_eager=True,
+        block_size=BLOCK_SIZE,
+        kv_cache_memory_bytes=KV_CACHE_BYTES,
+        max_model_len=4096,
+        enable_prefix_caching=False,
+        seed=0,
+    )
+    yield engine
+    engine.llm_engine.engine_core.shutdown()
+
+
+@pytest.fixture(scope="session")
+def frame_grid(tiny_model_dir) -> tuple[int, int]:
+    import json
+
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    return config["video_rows"], config["video_cols"]
+
+
+@pytest.fixture(scope="session")
+def video_prompts(frame_grid) -> list[list[int]]:
+    """Three prompts of different shapes: image-to-video, text-to-video, longer image-to-video."""
+    import random
+
+    from packcache_vllm.model.factory import make_video_prompt
+
+    rows, cols = frame_grid
+    rng = random.Random(1)
+    captions = [b"a red ball", b"two squares drift apart", b"a slow pan over a striped wall, dusk"]
+    conditioned = [True, False, True]
+    return [
+        make_video_prompt(rows, cols, [4 + b for b in text], with_condition_frame=cond, rng=rng)
+        for text, cond in zip(captions, conditioned, strict=True)
+    ]

@@ -1,0 +1,115 @@
+"""Real multi-process `vllm serve` with the plugin installed (policy off) answers OpenAI calls."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.server
+
+STARTUP_TIMEOUT_S = 240
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_healthy(proc: subprocess.Popen, url: str, log_path: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"vllm serve exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(
+        f"vllm serve not healthy after {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}"
+    )
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    env["VLLM_CPU_KVCACHE_SPACE"] = "1"
+    command = [
+        str(Path(sys.executable).parent / "vllm"),
+        "serve",
+        str(tiny_model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--max-model-len",
+        "2048",
+        "--block-size",
+        "32",
+        "--no-enable-prefix-caching",
+        "--seed",
+        "0",
+    ]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        wait_until_healthy(proc, f"http://127.0.0.1:{port}/health", log_path)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_text_completion(server, tiny_model_dir):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server, api_key="unused")
+    reply = client.completions.create(
+        model=str(tiny_model_dir), prompt="a red ball bounces", max_tokens=8, temperature=0.0
+    )
+    assert reply.usage.completion_tokens == 8
+    assert isinstance(reply.choices[0].text, str)
+
+
+def test_video_token_prompt_matches_offline_engine(server, tiny_model_dir, llm, video_prompts):
+    """Same greedy float32 tokens through HTTP + multi-process engine as in-process."""
+    from openai import OpenAI
+    from vllm import SamplingParams
+
+    prompt, num_tokens = video_prompts[0], 40
+    client = OpenAI(base_url=server, api_key="unused")
+    reply = client.completions.create(
+        model=str(tiny_model_dir),
+        prompt=prompt,
+        max_tokens=num_tokens,
+        temperature=0.0,
+        extra_body={"return_token_ids": True, "ignore_eos": True},
+    )
+    served = list(reply.choices[0].token_ids)
+    params = SamplingParams(
+        temperature=0.0, max_tokens=num_tokens, ignore_eos=True, detokenize=False
+    )
+    offline = llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)
+    assert served == list(offline[0].outputs[0].token_ids)
