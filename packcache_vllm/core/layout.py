@@ -2,7 +2,7 @@
 
 A Lumos-1 request is a run of text tokens followed by frames. Each frame is
 
-    <break> <grid_h> <grid_w> (row_0 visual tokens..., <newline>) ... (row_{R-1} ..., <newline>) <eoss>
+    <break> <grid_h> <grid_w> (row_0 visuals..., <newline>) ... (row_{R-1} ..., <newline>) <eoss>
 
 so a frame of R rows and C columns holds F = R * (C + 1) + 4 tokens (672x384 -> 48 x 84 -> 4,084).
 The first frame starts at ``frame_start``; the prompt (``anchor_len`` tokens: text plus any

@@ -51,11 +51,11 @@ class MMRoPE:
         axes = channel_axes(self.head_dim).to(positions.device)
         freq = self.inv_freq(positions.device).repeat(2)  # [head_dim]: cat(freqs, freqs)
         channel_pos = positions.to(torch.float64)[axes]  # [head_dim, N]
-        angle = (channel_pos.t() * freq.to(torch.float64)).to(torch.float32)
-        return angle.cos(), angle.sin()
+        angle = channel_pos.t() * freq.to(torch.float64)  # float64: exact at long positions
+        return angle.cos().to(torch.float32), angle.sin().to(torch.float32)
 
     def apply(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Rotate x: [N, H, head_dim] at positions [3, N]. Computed in float32, returned in x's dtype."""
+        """Rotate x: [N, H, head_dim] at positions [3, N]. Math in float32, result in x's dtype."""
         cos, sin = self.cos_sin(positions)
         return rotate(x, cos, sin)
 
