@@ -75,6 +75,17 @@ def describe_frames(tokens: list[int], layout: FrameLayout) -> list[str]:
     return lines
 
 
+def check_against_reference(model_dir, prompt, generated, rows: int, cols: int) -> None:
+    """Re-generate the first request with the dense PyTorch reference and compare tokens."""
+    from packcache_vllm.reference import ReferenceVideoModel
+
+    reference = ReferenceVideoModel.from_pretrained(model_dir)
+    layout = FrameLayout(find_frame_start(prompt), len(prompt), rows, cols)
+    expected = reference.generate(prompt, layout, len(generated)).token_ids
+    same = sum(a == b for a, b in zip(generated, expected, strict=True))
+    print(f"dense PyTorch reference, request 0: {same}/{len(generated)} tokens identical")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -121,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         print("\n".join(describe_frames(tokens, layout)))
         records.append({"request": out.request_id, "prompt": prompt, "generated": tokens})
+    check_against_reference(model_dir, prompts[0], records[0]["generated"], rows, cols)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tokens.json").write_text(json.dumps(records))
     print(f"token streams written to {args.out / 'tokens.json'}")

@@ -60,6 +60,8 @@ class PackCacheConfig:
           paper's b_min ablation (2/W ... 5/W); and the fill phase ends after 4 of Lumos-1's 12
           generated latent frames, so most of a 13-latent-frame video runs at bounded cost.
           Overriding ``window`` without ``min_keep`` keeps min_keep = 3/W (capped at 1).
+          Note: while W <= 6, 3/W >= 1/2 >= rho^d for every d >= 1, so the floor, not the
+          decay, sets every older frame's share; decay shapes the budget only for W > 6.
         """
         if name not in PRESETS:
             raise ValueError(f"packcache preset must be one of {list(PRESETS)}, got {name!r}")
