@@ -1,0 +1,22 @@
+"""What the scheduler tells the workers about one request's compaction, once per completed frame.
+
+Slots are global cache slots (``block_id * block_size + offset``). The worker gathers every
+source before scattering (so overlapping moves are safe), then rotates the anchors' keys so that
+they sit ``t_stride * dropped_frames`` later in time (the rebase), then replaces the request's
+block-table row with ``block_ids``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    src_slots: tuple[int, ...]
+    dst_slots: tuple[int, ...]
+    block_ids: tuple[int, ...]  # the request's whole (packed) block list after compaction
+    evicted_tokens: int  # E: logical length - physical length, from now on
+    dropped_frames: int  # generated frames dropped whole so far
+    anchor_len: int  # physical slots [0, anchor_len) hold the anchors, never moved
+    t_stride: int  # MM-RoPE time units per frame

@@ -1,0 +1,118 @@
+"""The V1 model runner (CPU) with PackCache: plans executed before the forward, physical slots.
+
+Per step, before vLLM's own ``execute_model``:
+1. each ``WorkerPlan`` in the SchedulerOutput is executed on every layer's paged KV tensor: the
+   kept tokens are moved to their packed slots (through the backend's learned page layout), the
+   anchors' keys are re-rotated to the request's time rebase, and the request's block-table row is
+   replaced by the packed block list;
+2. after vLLM prepares the inputs, slot mapping and attention ``seq_lens`` are made physical
+   (logical - E). Positions stay logical: the model computes MM-RoPE from the logical index, and
+   the rebase lives in the anchors' keys (equivalent, since RoPE is relative).
+
+Anchor keys are re-rotated from a pristine copy taken before their first rotation, so repeated
+rebases never accumulate rounding error (no drift in bf16).
+"""
+
+from __future__ import annotations
+
+import torch
+from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+
+from packcache_vllm.engine import compat
+from packcache_vllm.engine.kv_layout import (
+    PageLayout,
+    learn_page_layout,
+    move_tokens,
+    read_keys,
+    write_keys,
+)
+from packcache_vllm.engine.plans import WorkerPlan
+
+
+class PackCacheCPUModelRunner(CPUModelRunner):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.evicted_tokens: dict[str, int] = {}
+        self.dropped_frames: dict[str, int] = {}
+        self.pristine_anchor_keys: dict[str, list[torch.Tensor]] = {}
+        self.page_layout: PageLayout | None = None
+
+    def initialize_kv_cache(self, kv_cache_config, *args, **kwargs) -> None:
+        super().initialize_kv_cache(kv_cache_config, *args, **kwargs)
+        layer_name = kv_cache_config.kv_cache_groups[0].layer_names[0]
+        layer = self.compilation_config.static_forward_context[layer_name]
+        cache = self.kv_caches[0]
+        self.page_layout = learn_page_layout(
+            lambda k, v, c, slots: layer.impl.do_kv_cache_update(layer, k, v, c, slots),
+            num_kv_heads=cache.shape[1],
+            block_size=cache.shape[2],
+            head_size=cache.shape[3] // 2,
+            dtype=cache.dtype,
+        )
+
+    # --- before the forward -----------------------------------------------------------------
+    def execute_model(self, scheduler_output, *args, **kwargs):
+        self.forget_finished(scheduler_output)
+        for request_id, plan in compat.plans_of(scheduler_output).items():
+            self.apply_plan(request_id, plan)
+        return super().execute_model(scheduler_output, *args, **kwargs)
+
+    def forget_finished(self, scheduler_output) -> None:
+        resumed = scheduler_output.scheduled_cached_reqs.resumed_req_ids
+        for request_id in (*scheduler_output.finished_req_ids, *resumed):
+            self.evicted_tokens.pop(request_id, None)
+            self.dropped_frames.pop(request_id, None)
+            self.pristine_anchor_keys.pop(request_id, None)
+
+    def apply_plan(self, request_id: str, plan: WorkerPlan) -> None:
+        move_tokens(
+            self.kv_caches, self.page_layout,
+            torch.tensor(plan.src_slots, dtype=torch.int64),
+            torch.tensor(plan.dst_slots, dtype=torch.int64),
+        )
+        if plan.dropped_frames != self.dropped_frames.get(request_id, 0):
+            self.rebase_anchor_keys(request_id, plan)
+        block_ids = list(plan.block_ids)
+        self.requests[request_id].block_ids[0][:] = block_ids
+        row = self.input_batch.req_id_to_index.get(request_id)
+        if row is not None:
+            self.input_batch.block_table.add_row((block_ids,), row)
+        self.evicted_tokens[request_id] = plan.evicted_tokens
+        self.dropped_frames[request_id] = plan.dropped_frames
+
+    def rebase_anchor_keys(self, request_id: str, plan: WorkerPlan) -> None:
+        """Write the anchors' keys rotated by +t_stride * dropped_frames along t."""
+        bs = self.page_layout.block_size
+        slots = torch.tensor(
+            [plan.block_ids[i // bs] * bs + i % bs for i in range(plan.anchor_len)],
+            dtype=torch.int64,
+        )
+        pristine = self.pristine_anchor_keys.get(request_id)
+        if pristine is None:
+            pristine = [read_keys(cache, self.page_layout, slots) for cache in self.kv_caches]
+            self.pristine_anchor_keys[request_id] = pristine
+        rope = self.get_model().rope
+        shift = plan.t_stride * plan.dropped_frames
+        for cache, keys in zip(self.kv_caches, pristine, strict=True):
+            write_keys(cache, self.page_layout, slots, rope.rotate_time(keys, shift))
+
+    # --- physical slots and lengths ---------------------------------------------------------
+    def _prepare_inputs(self, scheduler_output, num_scheduled_tokens, *args, **kwargs):
+        result = super()._prepare_inputs(scheduler_output, num_scheduled_tokens, *args, **kwargs)
+        if self.evicted_tokens:
+            self.use_physical_slots(scheduler_output.total_num_scheduled_tokens)
+        return result
+
+    def use_physical_slots(self, num_tokens: int) -> None:
+        num_reqs = self.input_batch.num_reqs
+        ids = self.input_batch.req_ids[:num_reqs]
+        evicted = torch.tensor([self.evicted_tokens.get(r, 0) for r in ids], dtype=torch.int64)
+        if not evicted.any():
+            return
+        req_indices = self.req_indices.gpu[:num_tokens].to(torch.int64)
+        physical_positions = self.positions[:num_tokens] - evicted[req_indices]
+        self.input_batch.block_table.compute_slot_mapping(
+            num_reqs, self.query_start_loc.gpu[: num_reqs + 1], physical_positions
+        )
+        self.seq_lens[:num_reqs] -= evicted.to(self.seq_lens.dtype)
+        self.optimistic_seq_lens_cpu[:num_reqs] -= evicted.to(self.optimistic_seq_lens_cpu.dtype)

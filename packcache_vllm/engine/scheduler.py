@@ -1,0 +1,160 @@
+"""PackCacheScheduler: vLLM's scheduler plus frame-aware compaction of each request's KV blocks.
+
+vLLM's logical view of a request never changes (token ids, num_computed_tokens, max_model_len are
+about the whole video). Beside it, per request, we keep the physical view: which tokens the cache
+slots hold (``core.plan.PhysicalState``), E = tokens evicted so far, and frames dropped so far.
+
+At the start of every ``schedule()``, for each running request whose generated frames completed
+since the last step, the policy's ``CompactionPlan`` is made, the request's block list is cut to
+the packed length and the freed blocks go back to the pool *in this step* (so this step's
+allocations can use them); the plan travels to the workers with the SchedulerOutput. Block
+allocation counts physical tokens (logical - E), so a request never holds more than
+ceil((anchors + W*F + F) / block_size) blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from vllm.v1.core.sched.scheduler import Scheduler
+
+from packcache_vllm.core.budget import PackCacheConfig
+from packcache_vllm.core.layout import FrameLayout, find_frame_start
+from packcache_vllm.core.plan import (
+    CompactionPlan,
+    PhysicalState,
+    make_plan,
+    num_new_complete_frames,
+)
+from packcache_vllm.core.select import make_selector
+from packcache_vllm.engine import compat
+from packcache_vllm.engine.plans import WorkerPlan
+from packcache_vllm.engine.settings import packcache_settings
+from packcache_vllm.model.config_hook import frame_grid
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RequestKV:
+    """The physical side of one request (mutable: it changes at every compaction)."""
+
+    layout: FrameLayout
+    state: PhysicalState
+    evicted_tokens: int = 0
+
+
+class PackCacheScheduler(Scheduler):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.packcache: PackCacheConfig | None = packcache_settings(self.vllm_config)
+        self.frame_rows, self.frame_cols = frame_grid(self.vllm_config.model_config.hf_config)
+        self.block_size = self.cache_config.block_size
+        self.request_kv: dict[str, RequestKV] = {}
+        self.preempted_this_step: set[str] = set()
+        self.block_manager = compat.full_attention_manager(self.kv_cache_manager)
+        compat.count_physical_tokens(self.block_manager, self.evicted_tokens_of)
+        if self.packcache is not None and make_selector(self.packcache.selector).needs_keys:
+            raise ValueError(
+                f"packcache selector {self.packcache.selector!r} needs cached keys, which the "
+                "engine does not read yet; use selector 'uniform'"
+            )
+        logger.info("PackCache scheduler: %s", self.packcache or "full cache (no eviction)")
+
+    def evicted_tokens_of(self, request_id: str) -> int:
+        kv = self.request_kv.get(request_id)
+        return kv.evicted_tokens if kv is not None else 0
+
+    # --- the step ---------------------------------------------------------------------------
+    def schedule(self):
+        self.preempted_this_step.clear()
+        plans = self.compact_completed_frames()
+        output = super().schedule()
+        for request_id in self.preempted_this_step:
+            plans.pop(request_id, None)  # its blocks are gone; it will recompute from scratch
+        compat.attach_plans(output, plans)
+        return output
+
+    def compact_completed_frames(self) -> dict[str, WorkerPlan]:
+        if self.packcache is None or not self.packcache.is_bounded:
+            return {}
+        plans = {}
+        for request in self.running:
+            if request.num_computed_tokens < request.num_prompt_tokens:
+                continue  # still prefilling its prompt: no generated frame yet
+            kv = self.kv_of(request)
+            logical_len = request.num_computed_tokens
+            if num_new_complete_frames(kv.state, logical_len, kv.layout.tokens_per_frame):
+                plans[request.request_id] = self.compact(request.request_id, kv, logical_len)
+        return plans
+
+    def compact(self, request_id: str, kv: RequestKV, logical_len: int) -> WorkerPlan:
+        blocks = self.block_manager.req_to_blocks[request_id]
+        old_ids = [block.block_id for block in blocks]
+        plan = make_plan(
+            kv.state, logical_len, kv.layout.tokens_per_frame, self.packcache,
+            self.frame_orders(kv, logical_len), old_ids, self.block_size,
+        )
+        freed = blocks[plan.num_blocks_kept :]
+        del blocks[plan.num_blocks_kept :]
+        self.kv_cache_manager.block_pool.free_blocks(reversed(freed))
+        kv.state, kv.evicted_tokens = plan.new_state, plan.evicted_tokens
+        logger.debug(
+            "packcache %s: %d frames complete, %d dropped, E=%d, %d moves, %d blocks freed, "
+            "%d kept", request_id, plan.new_state.num_complete_frames + plan.dropped_frames,
+            plan.dropped_frames, plan.evicted_tokens, plan.num_moves, len(freed),
+            plan.num_blocks_kept,
+        )
+        return self.worker_plan(plan, old_ids, kv.layout)
+
+    def worker_plan(self, plan: CompactionPlan, old_ids: list[int], layout: FrameLayout):
+        bs = self.block_size
+        new_ids = tuple(old_ids[: plan.num_blocks_kept])
+        return WorkerPlan(
+            src_slots=tuple(old_ids[s // bs] * bs + s % bs for s in plan.src),
+            dst_slots=tuple(new_ids[d // bs] * bs + d % bs for d in plan.dst),
+            block_ids=new_ids,
+            evicted_tokens=plan.evicted_tokens,
+            dropped_frames=plan.dropped_frames,
+            anchor_len=layout.anchor_len,
+            t_stride=layout.t_stride,
+        )
+
+    def frame_orders(self, kv: RequestKV, logical_len: int) -> dict[int, list[int]]:
+        """Priority order of every generated frame complete at ``logical_len`` (same for all:
+        the engine's selectors depend on the frame grid only)."""
+        order = make_selector(self.packcache.selector).order(self.frame_rows, self.frame_cols)
+        complete = kv.layout.num_complete_frames(logical_len) - kv.layout.num_anchor_frames
+        return dict.fromkeys(range(complete), order.tolist())
+
+    def kv_of(self, request) -> RequestKV:
+        kv = self.request_kv.get(request.request_id)
+        if kv is None:
+            layout = self.layout_of(request)
+            kv = RequestKV(layout, PhysicalState.initial(layout.anchor_len))
+            self.request_kv[request.request_id] = kv
+        return kv
+
+    def layout_of(self, request) -> FrameLayout:
+        prompt = list(request.prompt_token_ids)
+        return FrameLayout(
+            find_frame_start(prompt), len(prompt), self.frame_rows, self.frame_cols
+        )
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def add_request(self, request) -> None:
+        if self.packcache is not None:
+            self.layout_of(request)  # ValueError now, not mid-generation, if it is not a video
+        super().add_request(request)
+
+    def _preempt_request(self, request, timestamp: float, *args, **kwargs) -> None:
+        # Preemption recomputes the request from scratch with every token present: its cache
+        # restarts unpacked (it cannot reproduce KV computed under earlier evictions).
+        self.request_kv.pop(request.request_id, None)
+        self.preempted_this_step.add(request.request_id)
+        super()._preempt_request(request, timestamp, *args, **kwargs)
+
+    def _free_request(self, request, *args, **kwargs):
+        self.request_kv.pop(request.request_id, None)
+        return super()._free_request(request, *args, **kwargs)
