@@ -59,14 +59,25 @@ def count_physical_tokens(manager, evicted_of) -> None:
     allocate_new_blocks = manager.allocate_new_blocks
 
     def get_num_blocks_to_allocate(
-        request_id, num_tokens, new_computed_blocks, total_computed_tokens,
-        num_local_computed_tokens, num_tokens_main_model, *args, **kwargs,
+        request_id,
+        num_tokens,
+        new_computed_blocks,
+        total_computed_tokens,
+        num_local_computed_tokens,
+        num_tokens_main_model,
+        *args,
+        **kwargs,
     ):
         e = evicted_of(request_id)
         return get_num_blocks(
-            request_id, num_tokens - e, new_computed_blocks, total_computed_tokens - e,
+            request_id,
+            num_tokens - e,
+            new_computed_blocks,
+            total_computed_tokens - e,
             num_local_computed_tokens - e if num_local_computed_tokens >= e else 0,
-            num_tokens_main_model - e, *args, **kwargs,
+            num_tokens_main_model - e,
+            *args,
+            **kwargs,
         )
 
     def allocate_physical_blocks(request_id, num_tokens, num_tokens_main_model):

@@ -66,7 +66,8 @@ class PackCacheCPUModelRunner(CPUModelRunner):
 
     def apply_plan(self, request_id: str, plan: WorkerPlan) -> None:
         move_tokens(
-            self.kv_caches, self.page_layout,
+            self.kv_caches,
+            self.page_layout,
             torch.tensor(plan.src_slots, dtype=torch.int64),
             torch.tensor(plan.dst_slots, dtype=torch.int64),
         )

@@ -67,10 +67,10 @@ class PackCacheScheduler(Scheduler):
         return kv.evicted_tokens if kv is not None else 0
 
     # --- the step ---------------------------------------------------------------------------
-    def schedule(self):
+    def schedule(self, *args, **kwargs):
         self.preempted_this_step.clear()
         plans = self.compact_completed_frames()
-        output = super().schedule()
+        output = super().schedule(*args, **kwargs)
         for request_id in self.preempted_this_step:
             plans.pop(request_id, None)  # its blocks are gone; it will recompute from scratch
         compat.attach_plans(output, plans)
@@ -93,8 +93,13 @@ class PackCacheScheduler(Scheduler):
         blocks = self.block_manager.req_to_blocks[request_id]
         old_ids = [block.block_id for block in blocks]
         plan = make_plan(
-            kv.state, logical_len, kv.layout.tokens_per_frame, self.packcache,
-            self.frame_orders(kv, logical_len), old_ids, self.block_size,
+            kv.state,
+            logical_len,
+            kv.layout.tokens_per_frame,
+            self.packcache,
+            self.frame_orders(kv, logical_len),
+            old_ids,
+            self.block_size,
         )
         freed = blocks[plan.num_blocks_kept :]
         del blocks[plan.num_blocks_kept :]
@@ -102,8 +107,13 @@ class PackCacheScheduler(Scheduler):
         kv.state, kv.evicted_tokens = plan.new_state, plan.evicted_tokens
         logger.debug(
             "packcache %s: %d frames complete, %d dropped, E=%d, %d moves, %d blocks freed, "
-            "%d kept", request_id, plan.new_state.num_complete_frames + plan.dropped_frames,
-            plan.dropped_frames, plan.evicted_tokens, plan.num_moves, len(freed),
+            "%d kept",
+            request_id,
+            plan.new_state.num_complete_frames + plan.dropped_frames,
+            plan.dropped_frames,
+            plan.evicted_tokens,
+            plan.num_moves,
+            len(freed),
             plan.num_blocks_kept,
         )
         return self.worker_plan(plan, old_ids, kv.layout)
@@ -138,9 +148,7 @@ class PackCacheScheduler(Scheduler):
 
     def layout_of(self, request) -> FrameLayout:
         prompt = list(request.prompt_token_ids)
-        return FrameLayout(
-            find_frame_start(prompt), len(prompt), self.frame_rows, self.frame_cols
-        )
+        return FrameLayout(find_frame_start(prompt), len(prompt), self.frame_rows, self.frame_cols)
 
     # --- lifecycle --------------------------------------------------------------------------
     def add_request(self, request) -> None:

@@ -1,0 +1,92 @@
+"""PackCache inside vLLM: with eviction active, every generated token equals the dense reference's.
+
+One in-process engine with ``--kv-policy packcache`` (W=3, min_keep 1/4: frames are thinned to
+1/2 and 1/4 and then dropped well before the end), three concurrent requests of different prompt
+and video lengths in one batch, float32 greedy decoding of 8-10 frames each; the reference applies
+the same policy explicitly.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from packcache_vllm.core.budget import PackCacheConfig
+
+WINDOW = 3
+MIN_KEEP = 0.25
+FRAMES = (8, 10, 9)
+
+
+def packcache_engine_kwargs(window: int, min_keep: float) -> dict:
+    return {
+        "scheduler_cls": "packcache_vllm.engine.scheduler.PackCacheScheduler",
+        "worker_cls": "packcache_vllm.engine.worker.PackCacheCPUWorker",
+        "enable_prefix_caching": False,
+        "additional_config": {
+            "packcache": {"policy": "packcache", "window": window, "min_keep": min_keep}
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def packcache_llm(tiny_model_dir):
+    from vllm import LLM
+
+    engine = LLM(
+        str(tiny_model_dir),
+        dtype="float32",
+        enforce_eager=True,
+        block_size=32,
+        kv_cache_memory_bytes=64 << 20,
+        max_model_len=4096,
+        seed=0,
+        **packcache_engine_kwargs(WINDOW, MIN_KEEP),
+    )
+    yield engine
+    engine.llm_engine.engine_core.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir):
+    from packcache_vllm.reference import ReferenceVideoModel
+
+    return ReferenceVideoModel.from_pretrained(tiny_model_dir)
+
+
+def test_evicting_engine_matches_reference(packcache_llm, reference, video_prompts):
+    from vllm import SamplingParams
+
+    from packcache_vllm.reference import PackCachePolicy
+
+    config = PackCacheConfig.preset("packcache", window=WINDOW, min_keep=MIN_KEEP)
+    layouts = [reference.layout_for(p) for p in video_prompts]
+    lengths = [
+        frames * layout.tokens_per_frame for frames, layout in zip(FRAMES, layouts, strict=True)
+    ]
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, detokenize=False)
+        for n in lengths
+    ]
+    outputs = packcache_llm.generate(
+        [{"prompt_token_ids": p} for p in video_prompts], params, use_tqdm=False
+    )
+    for prompt, layout, n, output in zip(video_prompts, layouts, lengths, outputs, strict=True):
+        expected = reference.generate(prompt, layout, n, PackCachePolicy(config)).token_ids
+        generated = tuple(output.outputs[0].token_ids)
+        mismatch = next(
+            (i for i, (a, b) in enumerate(zip(generated, expected, strict=False)) if a != b), None
+        )
+        assert generated == expected, f"request {output.request_id}: first mismatch at {mismatch}"
+
+
+def test_eviction_changes_the_output(packcache_llm, llm, video_prompts):
+    """Teeth: the evicting engine must differ from the full cache, or the oracle proves little."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=8 * 32, ignore_eos=True, detokenize=False)
+    prompt = [{"prompt_token_ids": video_prompts[0]}]
+    packed = packcache_llm.generate(prompt, params, use_tqdm=False)[0].outputs[0].token_ids
+    full = llm.generate(prompt, params, use_tqdm=False)[0].outputs[0].token_ids
+    first_eviction = (WINDOW + 1) * 32  # fill phase: W frames whole; the (W+1)-th completes it
+    assert packed[:first_eviction] == full[:first_eviction]
+    assert packed != full
