@@ -1,0 +1,100 @@
+"""Block accounting of the evicting engine: bounded per request, flat after the window fills,
+and every block back in the pool after requests finish or are aborted mid-frame."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tests.engine.test_packcache_oracle import MIN_KEEP, WINDOW, packcache_engine_kwargs
+
+BLOCK_SIZE = 32
+NUM_FRAMES = 10
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    from vllm import LLM
+
+    llm = LLM(
+        str(tiny_model_dir),
+        dtype="float32",
+        enforce_eager=True,
+        block_size=BLOCK_SIZE,
+        kv_cache_memory_bytes=64 << 20,
+        max_model_len=4096,
+        seed=0,
+        **packcache_engine_kwargs(WINDOW, MIN_KEEP),
+    )
+    yield llm.llm_engine
+    llm.llm_engine.engine_core.shutdown()
+
+
+def scheduler_of(engine):
+    return engine.engine_core.engine_core.scheduler
+
+
+def add_video_requests(engine, prompts, prefix: str, frames: int, per_frame: int) -> None:
+    from vllm import SamplingParams
+
+    params = SamplingParams(
+        temperature=0.0, max_tokens=frames * per_frame, ignore_eos=True, detokenize=False
+    )
+    for i, prompt in enumerate(prompts):
+        engine.add_request(f"{prefix}{i}", {"prompt_token_ids": prompt}, params)
+
+
+def held_blocks(scheduler) -> dict[str, int]:
+    """Blocks each running request holds right now."""
+    manager = scheduler.block_manager
+    return {r.request_id: len(manager.req_to_blocks[r.request_id]) for r in scheduler.running}
+
+
+def test_blocks_stay_bounded_flat_and_return(engine, video_prompts, frame_grid):
+    scheduler = scheduler_of(engine)
+    pool = scheduler.kv_cache_manager.block_pool
+    free_at_start = pool.get_num_free_blocks()
+    per_frame = frame_grid[0] * (frame_grid[1] + 1) + 4
+    add_video_requests(engine, video_prompts, "acct-", NUM_FRAMES, per_frame)
+    bound = {
+        r.request_id: math.ceil((r.num_prompt_tokens + (WINDOW + 1) * per_frame) / BLOCK_SIZE)
+        for r in scheduler.waiting
+    }
+    history: dict[str, list[tuple[int, int]]] = {rid: [] for rid in bound}
+    while engine.has_unfinished_requests():
+        engine.step()
+        for request in scheduler.running:
+            blocks = held_blocks(scheduler)[request.request_id]
+            assert blocks <= bound[request.request_id], f"{request.request_id} exceeds its bound"
+            generated = request.num_computed_tokens - request.num_prompt_tokens
+            history[request.request_id].append((generated // per_frame, blocks))
+    for rid, samples in history.items():
+        settled = [blocks for frame, blocks in samples if frame >= WINDOW + 2]
+        assert settled, f"{rid} never got past the window"
+        # flat: once the window has filled, growing the video does not grow the cache
+        assert max(settled) == max(blocks for frame, blocks in samples if frame == WINDOW + 2)
+    assert pool.get_num_free_blocks() == free_at_start
+
+
+def test_abort_mid_frame_returns_every_block(engine, video_prompts, frame_grid):
+    scheduler = scheduler_of(engine)
+    pool = scheduler.kv_cache_manager.block_pool
+    free_at_start = pool.get_num_free_blocks()
+    per_frame = frame_grid[0] * (frame_grid[1] + 1) + 4
+    add_video_requests(engine, video_prompts, "abort-", NUM_FRAMES, per_frame)
+    victim = "abort-1"
+    for _ in range(NUM_FRAMES * per_frame):  # until the victim is compacted and mid-frame
+        engine.step()
+        internal_id = next(r for r in scheduler.requests if r.startswith(victim))
+        kv, request = scheduler.request_kv.get(internal_id), scheduler.requests[internal_id]
+        mid_frame = (request.num_computed_tokens - request.num_prompt_tokens) % per_frame > 1
+        if kv is not None and kv.evicted_tokens > 0 and mid_frame:
+            break
+    else:
+        pytest.fail("the victim never reached a compacted, mid-frame state")
+    engine.abort_request([victim])
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert internal_id not in scheduler.request_kv
+    assert pool.get_num_free_blocks() == free_at_start
