@@ -90,3 +90,30 @@ def test_eviction_changes_the_output(packcache_llm, llm, video_prompts):
     first_eviction = (WINDOW + 1) * 32  # fill phase: W frames whole; the (W+1)-th completes it
     assert packed[:first_eviction] == full[:first_eviction]
     assert packed != full
+
+
+def test_window_longer_than_the_video_equals_stock_vllm(tiny_model_dir, llm, video_prompts):
+    """Equivalence: the plugin's scheduler and runner with nothing to evict change nothing."""
+    from vllm import LLM, SamplingParams
+
+    roomy = LLM(
+        str(tiny_model_dir),
+        dtype="float32",
+        enforce_eager=True,
+        block_size=32,
+        kv_cache_memory_bytes=64 << 20,
+        max_model_len=4096,
+        seed=0,
+        **packcache_engine_kwargs(window=64, min_keep=0.25),
+    )
+    try:
+        params = SamplingParams(
+            temperature=0.0, max_tokens=6 * 32, ignore_eos=True, detokenize=False
+        )
+        prompts = [{"prompt_token_ids": p} for p in video_prompts]
+        ours = roomy.generate(prompts, params, use_tqdm=False)
+        stock = llm.generate(prompts, params, use_tqdm=False)
+        for a, b in zip(ours, stock, strict=True):
+            assert a.outputs[0].token_ids == b.outputs[0].token_ids
+    finally:
+        roomy.llm_engine.engine_core.shutdown()
