@@ -26,5 +26,6 @@ def register() -> None:
 
     compat.register_model(LUMOS_ARCHITECTURE, MODEL_CLASS_PATH)
     compat.register_config_hook(LUMOS_ARCHITECTURE, LumosConfigHook)
+    compat.install_cli_hooks()  # --kv-policy and --packcache-* on `vllm serve`
     _registered = True
     logger.debug("packcache_vllm registered %s", LUMOS_ARCHITECTURE)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import functools
 
 SUPPORTED_VLLM = "0.32.0"
 
@@ -104,3 +106,100 @@ def cpu_model_runner_class(runner_cls):
         yield
     finally:
         cpu_worker.CPUModelRunner = original
+
+
+# --- command line: `vllm serve --kv-policy ...` ---------------------------------------------
+
+CLI_HOOK_MARK = "_packcache_cli_hook"
+
+
+def current_device() -> str:
+    """The device PackCache's worker runs on: "cpu", "cuda", or the platform's device type."""
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        return "cpu"
+    if current_platform.is_cuda():
+        return "cuda"
+    return str(current_platform.device_type)
+
+
+def install_cli_hooks() -> None:
+    """Add the PackCache flags to every parser built by ``EngineArgs.add_cli_args`` and carry
+    them into the EngineArgs built by ``EngineArgs.from_cli_args``. Idempotent.
+
+    vLLM 0.32 loads general plugins inside ``AsyncEngineArgs.add_cli_args`` just before it calls
+    ``EngineArgs.add_cli_args(parser)`` (engine/arg_utils.py:3202-3204), so ``vllm serve`` and
+    ``python -m vllm.entrypoints.openai.api_server`` (both via launchers/cli_args.py
+    ``make_arg_parser``) get the flags. ``from_cli_args`` (arg_utils.py:1933) copies only
+    dataclass fields, so the flags are expanded into EngineArgs fields twice over: into the
+    parsed namespace right after parsing (so a bad value fails at parse time, and a namespace
+    handed to another process carries the fields), and again in ``from_cli_args`` (a namespace
+    built some other way). Both expand to ``{}`` for ``--kv-policy none``.
+    """
+    from vllm.engine.arg_utils import EngineArgs
+
+    if not getattr(EngineArgs.add_cli_args, CLI_HOOK_MARK, False):
+        EngineArgs.add_cli_args = staticmethod(_with_packcache_arguments(EngineArgs.add_cli_args))
+    if not getattr(EngineArgs.from_cli_args, CLI_HOOK_MARK, False):
+        original = EngineArgs.from_cli_args.__func__
+        EngineArgs.from_cli_args = classmethod(_with_packcache_overrides(original))
+
+
+def _with_packcache_arguments(add_cli_args):
+    @functools.wraps(add_cli_args)
+    def add_cli_args_with_packcache(parser):
+        parser = add_cli_args(parser)
+        if not getattr(parser, CLI_HOOK_MARK, False):
+            from packcache_vllm import cli
+
+            cli.add_arguments(parser)
+            _expand_after_parsing(parser)
+            setattr(parser, CLI_HOOK_MARK, True)
+        return parser
+
+    setattr(add_cli_args_with_packcache, CLI_HOOK_MARK, True)
+    return add_cli_args_with_packcache
+
+
+def _expand_after_parsing(parser) -> None:
+    """Validate the flags once parsed (``parser.error`` on a bad one: exit 2 with the message)
+    and write the EngineArgs fields they expand to into the namespace. ``parse_args`` and the
+    ``vllm`` top-level parser's subcommand action both go through ``parse_known_args``."""
+    parse_known_args = parser.parse_known_args
+
+    def parse_known_args_and_expand(args=None, namespace=None):
+        from packcache_vllm import cli
+
+        namespace, rest = parse_known_args(args, namespace)
+        try:
+            overrides = cli.overrides_from_namespace(namespace)
+        except ValueError as err:
+            parser.error(str(err))
+        for field, value in overrides.items():
+            setattr(namespace, field, value)
+        return namespace, rest
+
+    parser.parse_known_args = parse_known_args_and_expand
+
+
+def _with_packcache_overrides(from_cli_args):
+    @functools.wraps(from_cli_args)
+    def from_cli_args_with_packcache(cls, args):
+        from packcache_vllm import cli
+
+        overrides = cli.overrides_from_namespace(args)
+        if overrides:
+            args = argparse.Namespace(**{**vars(args), **overrides})
+            _vllm_logger().info("packcache_vllm: %s", cli.describe_overrides(overrides))
+        return from_cli_args(cls, args)
+
+    setattr(from_cli_args_with_packcache, CLI_HOOK_MARK, True)
+    return from_cli_args_with_packcache
+
+
+def _vllm_logger():
+    """A logger under "vllm.", so vLLM's logging configuration (handler, level) applies."""
+    from vllm.logger import init_logger
+
+    return init_logger("vllm.packcache_vllm")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from vllm.v1.core.sched.scheduler import Scheduler
 
+from packcache_vllm.cli import NO_POLICY, packcache_config_from
 from packcache_vllm.core.budget import PackCacheConfig
 from packcache_vllm.core.layout import FrameLayout, find_frame_start
 from packcache_vllm.core.plan import (
@@ -30,10 +31,19 @@ from packcache_vllm.core.plan import (
 from packcache_vllm.core.select import make_selector
 from packcache_vllm.engine import compat
 from packcache_vllm.engine.plans import WorkerPlan
-from packcache_vllm.engine.settings import packcache_settings
 from packcache_vllm.model.config_hook import frame_grid
 
 logger = logging.getLogger(__name__)
+
+
+def scheduler_policy(vllm_config) -> PackCacheConfig:
+    policy, config = packcache_config_from(vllm_config)
+    if policy == NO_POLICY or config is None:
+        raise ValueError(
+            "PackCacheScheduler needs a KV policy: start vLLM with --kv-policy "
+            "full|sliding|packcache, or pass packcache_vllm.cli.engine_overrides(...) to LLM()"
+        )
+    return config
 
 
 @dataclass
@@ -48,19 +58,19 @@ class RequestKV:
 class PackCacheScheduler(Scheduler):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.packcache: PackCacheConfig | None = packcache_settings(self.vllm_config)
+        self.packcache: PackCacheConfig = scheduler_policy(self.vllm_config)
         self.frame_rows, self.frame_cols = frame_grid(self.vllm_config.model_config.hf_config)
         self.block_size = self.cache_config.block_size
         self.request_kv: dict[str, RequestKV] = {}
         self.preempted_this_step: set[str] = set()
         self.block_manager = compat.full_attention_manager(self.kv_cache_manager)
         compat.count_physical_tokens(self.block_manager, self.evicted_tokens_of)
-        if self.packcache is not None and make_selector(self.packcache.selector).needs_keys:
+        if make_selector(self.packcache.selector).needs_keys:
             raise ValueError(
                 f"packcache selector {self.packcache.selector!r} needs cached keys, which the "
                 "engine does not read yet; use selector 'uniform'"
             )
-        logger.info("PackCache scheduler: %s", self.packcache or "full cache (no eviction)")
+        logger.info("PackCache scheduler: %s", self.packcache)
 
     def evicted_tokens_of(self, request_id: str) -> int:
         kv = self.request_kv.get(request_id)
@@ -77,8 +87,8 @@ class PackCacheScheduler(Scheduler):
         return output
 
     def compact_completed_frames(self) -> dict[str, WorkerPlan]:
-        if self.packcache is None or not self.packcache.is_bounded:
-            return {}
+        if not self.packcache.is_bounded:
+            return {}  # the full cache: nothing is ever evicted
         plans = {}
         for request in self.running:
             if request.num_computed_tokens < request.num_prompt_tokens:
@@ -152,8 +162,7 @@ class PackCacheScheduler(Scheduler):
 
     # --- lifecycle --------------------------------------------------------------------------
     def add_request(self, request) -> None:
-        if self.packcache is not None:
-            self.layout_of(request)  # ValueError now, not mid-generation, if it is not a video
+        self.layout_of(request)  # ValueError now, not mid-generation, if it is not a video
         super().add_request(request)
 
     def _preempt_request(self, request, timestamp: float, *args, **kwargs) -> None:

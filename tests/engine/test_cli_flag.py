@@ -1,8 +1,9 @@
 """`--kv-policy` and the `--packcache-*` knobs on vLLM's real `vllm serve` parser.
 
 In-process tests build the parser the way `vllm serve` does (launchers/cli_args.py
-make_arg_parser); four real command lines run as subprocesses, started together when this module
-starts (each pays vLLM's ~8 s import), and are collected by the tests that need them.
+make_arg_parser). Two subprocesses, started together when this module starts (each pays vLLM's
+~8 s import) and collected by the tests that need them: the real `vllm serve` console script with
+a bad knob, and the stock parser with the plugin switched off.
 
 Run as a script (``python test_cli_flag.py '[["x"], ...]'``) it prints the parsed namespace and
 AsyncEngineArgs of each argv as JSON: the stock baseline, with the plugin switched off.
@@ -93,14 +94,9 @@ def env_without_packcache_plugin() -> dict[str, str]:
 @pytest.fixture(scope="module", autouse=True)
 def launched():
     runs = {
-        "help": Launched([str(VENV_BIN / "vllm"), "serve", "--help=PackCache"]),
         "bad_window": Launched(
             [str(VENV_BIN / "vllm"), "serve", "x", "--kv-policy", "packcache"]
             + ["--packcache-window", "0"]
-        ),
-        "api_server": Launched(
-            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "x"]
-            + ["--kv-policy", "sliding", "--packcache-decay", "1.5"]
         ),
         "stock": Launched(
             [sys.executable, __file__, json.dumps(STOCK_ARGVS)], env=env_without_packcache_plugin()
@@ -138,7 +134,9 @@ def worker_cls():
 def test_policy_flags_reach_engine_args(make_parser, worker_cls):
     from vllm.engine.arg_utils import AsyncEngineArgs, EngineArgs
 
-    namespace = make_parser().parse_args(["x", "--kv-policy", "packcache", "--packcache-window", "2"])
+    namespace = make_parser().parse_args(
+        ["x", "--kv-policy", "packcache", "--packcache-window", "2"]
+    )
     for engine_args_cls in (AsyncEngineArgs, EngineArgs):
         engine_args = engine_args_cls.from_cli_args(namespace)
         assert engine_args.scheduler_cls == SCHEDULER
@@ -153,6 +151,18 @@ def test_policy_flags_reach_engine_args(make_parser, worker_cls):
                 "selector": "uniform",
             }
         }
+
+
+def test_offline_overrides_are_engine_args_keywords(make_parser, worker_cls):
+    """`LLM(model, **engine_overrides(...))` passes them to EngineArgs (classes stay strings)."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    from packcache_vllm.cli import engine_overrides
+
+    engine_args = EngineArgs(model="x", **engine_overrides("packcache", window=2))
+    assert (engine_args.scheduler_cls, engine_args.worker_cls) == (SCHEDULER, worker_cls)
+    assert engine_args.enable_prefix_caching is False
+    assert engine_args.additional_config["packcache"]["window"] == 2
 
 
 def test_user_additional_config_is_kept(make_parser):
@@ -267,28 +277,62 @@ def test_hooks_are_installed_once(make_parser):
 # --- real command lines ---------------------------------------------------------------------
 
 
-def test_serve_help_shows_the_packcache_group(launched):
-    returncode, out, err = launched["help"].result()
-    assert returncode == 0, err[-2000:]
-    text = " ".join(out.split())
-    assert "PackCache: packcache_vllm: a bounded, frame-aware KV cache" in text
+@pytest.fixture
+def help_text(make_parser, capsys, monkeypatch):
+    """What `vllm serve <args>` prints for a --help; the search keyword --help=GROUP sets is a
+    class attribute, restored afterwards."""
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    monkeypatch.setattr(FlexibleArgumentParser, "_search_keyword", None)
+
+    def help_text(*args: str) -> str:
+        with pytest.raises(SystemExit) as exit_:
+            make_parser().parse_args(list(args))
+        assert exit_.value.code == 0
+        return " ".join(capsys.readouterr().out.split())
+
+    return help_text
+
+
+def test_serve_help_lists_the_packcache_group(help_text):
+    assert "PackCache packcache_vllm: a bounded, frame-aware KV cache" in help_text("--help")
+
+
+def test_serve_help_for_the_group_explains_each_knob(help_text):
+    text = help_text("--help=PackCache")
+    assert text.startswith("PackCache: packcache_vllm: a bounded, frame-aware KV cache")
     assert "--kv-policy {none,full,sliding,packcache}" in text
     for fragment in ("--packcache-window W", "an integer >= 1", "0 < rho <= 1", "0 <= b <= 1"):
         assert fragment in text
     assert "--packcache-selector {key_norm,uniform}" in text
 
 
+def test_deprecated_api_server_entrypoint_parses_the_same_flags(make_parser, capsys, monkeypatch):
+    """`python -m vllm.entrypoints.openai.api_server` runs launchers/api_server/entry.py main()."""
+    from vllm.entrypoints.launchers.api_server import entry
+
+    # main() sets VLLM_WORKER_MULTIPROC_METHOD when unset; keep it from leaking out.
+    monkeypatch.setenv(
+        "VLLM_WORKER_MULTIPROC_METHOD", os.environ.get("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    )
+    argv = ["api_server.py", "x", "--kv-policy", "sliding", "--packcache-decay", "1.5"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_:
+        entry.main()
+    assert exit_.value.code == 2
+    assert "error: argument --packcache-decay: must be a number in (0, 1], got 1.5" in (
+        capsys.readouterr().err
+    )
+
+
 def test_serve_rejects_a_bad_knob_before_loading_anything(launched):
     returncode, _, err = launched["bad_window"].result()
     assert returncode == 2
-    assert "vllm serve: error: argument --packcache-window: must be an integer >= 1 (frames), got 0" in err
+    assert (
+        "vllm serve: error: argument --packcache-window: must be an integer >= 1 (frames), got 0"
+        in err
+    )
     assert "Traceback" not in err
-
-
-def test_deprecated_api_server_entrypoint_parses_the_same_flags(launched):
-    returncode, _, err = launched["api_server"].result()
-    assert returncode == 2
-    assert "error: argument --packcache-decay: must be a number in (0, 1], got 1.5" in err
 
 
 def test_no_policy_matches_vllm_without_the_plugin(launched, make_parser):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from packcache_vllm.cli import engine_overrides
 from packcache_vllm.core.budget import PackCacheConfig
 
 WINDOW = 3
@@ -18,14 +19,7 @@ FRAMES = (8, 10, 9)
 
 
 def packcache_engine_kwargs(window: int, min_keep: float) -> dict:
-    return {
-        "scheduler_cls": "packcache_vllm.engine.scheduler.PackCacheScheduler",
-        "worker_cls": "packcache_vllm.engine.worker.PackCacheCPUWorker",
-        "enable_prefix_caching": False,
-        "additional_config": {
-            "packcache": {"policy": "packcache", "window": window, "min_keep": min_keep}
-        },
-    }
+    return engine_overrides("packcache", window=window, min_keep=min_keep)
 
 
 @pytest.fixture(scope="module")
