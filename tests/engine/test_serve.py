@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -42,31 +43,18 @@ def wait_until_healthy(proc: subprocess.Popen, url: str, log_path: Path) -> None
     )
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory):
+@contextlib.contextmanager
+def running_server(model_dir, log_path: Path, *extra_args: str):
+    """`vllm serve` as a subprocess in its own session; yields its /v1 URL; stops it by its PID."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
     env["VLLM_CPU_KVCACHE_SPACE"] = "1"
     command = [
-        str(Path(sys.executable).parent / "vllm"),
-        "serve",
-        str(tiny_model_dir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dtype",
-        "float32",
-        "--enforce-eager",
-        "--max-model-len",
-        "2048",
-        "--block-size",
-        "32",
-        "--no-enable-prefix-caching",
-        "--seed",
-        "0",
-    ]
+        str(Path(sys.executable).parent / "vllm"), "serve", str(model_dir),
+        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
+        "--max-model-len", "2048", "--block-size", "32", "--no-enable-prefix-caching",
+        "--seed", "0", *extra_args,
+    ]  # fmt: skip
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -80,6 +68,13 @@ def server(tiny_model_dir, tmp_path_factory):
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    with running_server(tiny_model_dir, log_path) as url:
+        yield url
 
 
 def test_text_completion(server, tiny_model_dir):

@@ -1,0 +1,54 @@
+"""`vllm serve ... --kv-policy packcache` through the OpenAI client: several concurrent video
+requests, each token-for-token equal to the dense reference with the same policy applied."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from packcache_vllm.core.budget import PackCacheConfig
+from tests.engine.test_serve import running_server
+
+pytestmark = pytest.mark.server
+
+WINDOW, MIN_KEEP, FRAMES = 3, 0.25, 7
+
+
+@pytest.fixture(scope="module")
+def packcache_server(tiny_model_dir, tmp_path_factory):
+    log_path = tmp_path_factory.mktemp("serve-packcache") / "serve.log"
+    flags = ("--kv-policy", "packcache", "--packcache-window", str(WINDOW),
+             "--packcache-min-keep", str(MIN_KEEP))  # fmt: skip
+    with running_server(tiny_model_dir, log_path, *flags) as url:
+        yield url, log_path
+
+
+def test_concurrent_requests_match_reference(packcache_server, tiny_model_dir, video_prompts):
+    from openai import OpenAI
+
+    from packcache_vllm.reference import PackCachePolicy, ReferenceVideoModel
+
+    url, log_path = packcache_server
+    client = OpenAI(base_url=url, api_key="unused")
+    reference = ReferenceVideoModel.from_pretrained(tiny_model_dir)
+    layouts = [reference.layout_for(p) for p in video_prompts]
+    num_tokens = FRAMES * layouts[0].tokens_per_frame
+
+    def ask(prompt: list[int]) -> list[int]:
+        reply = client.completions.create(
+            model=str(tiny_model_dir),
+            prompt=prompt,
+            max_tokens=num_tokens,
+            temperature=0.0,
+            extra_body={"return_token_ids": True, "ignore_eos": True},
+        )
+        return list(reply.choices[0].token_ids)
+
+    with ThreadPoolExecutor(len(video_prompts)) as pool:
+        served = list(pool.map(ask, video_prompts))
+    config = PackCacheConfig.preset("packcache", window=WINDOW, min_keep=MIN_KEEP)
+    for prompt, layout, tokens in zip(video_prompts, layouts, served, strict=True):
+        expected = reference.generate(prompt, layout, num_tokens, PackCachePolicy(config))
+        assert tuple(tokens) == expected.token_ids
+    assert "PackCacheScheduler" in log_path.read_text()
