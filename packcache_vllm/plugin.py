@@ -27,5 +27,6 @@ def register() -> None:
     compat.register_model(LUMOS_ARCHITECTURE, MODEL_CLASS_PATH)
     compat.register_config_hook(LUMOS_ARCHITECTURE, LumosConfigHook)
     compat.install_cli_hooks()  # --kv-policy and --packcache-* on `vllm serve`
+    compat.install_request_checks()  # bad per-request overrides / prompts: HTTP 400
     _registered = True
     logger.debug("packcache_vllm registered %s", LUMOS_ARCHITECTURE)

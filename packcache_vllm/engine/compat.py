@@ -203,3 +203,56 @@ def _vllm_logger():
     from vllm.logger import init_logger
 
     return init_logger("vllm.packcache_vllm")
+
+
+# --- request validation at the API boundary ---------------------------------------------------
+
+REQUEST_CHECK_MARK = "_packcache_request_check"
+
+
+def request_error(err: ValueError) -> Exception:
+    """vLLM's OpenAI server answers VLLMValidationError with HTTP 400 (a bare ValueError from the
+    input processor is a 500); the result is still a ValueError for offline callers."""
+    from vllm.exceptions import VLLMValidationError
+
+    class PackCacheRequestError(VLLMValidationError, ValueError):
+        pass
+
+    return PackCacheRequestError(str(err))
+
+
+def install_request_checks() -> None:
+    """Validate PackCache's per-request parts where vLLM validates requests: the input processor
+    (v1/engine/input_processor.py ``_validate_params`` and ``_validate_model_input``), whose
+    ValueErrors vLLM's OpenAI server answers with HTTP 400. No-ops unless a policy is active."""
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    if getattr(InputProcessor._validate_params, REQUEST_CHECK_MARK, False):
+        return
+    validate_params = InputProcessor._validate_params
+    validate_model_input = InputProcessor._validate_model_input
+
+    @functools.wraps(validate_params)
+    def validate_params_and_packcache(self, params, *args, **kwargs):
+        from packcache_vllm.engine.requests import check_params
+
+        result = validate_params(self, params, *args, **kwargs)
+        try:
+            check_params(self.vllm_config, params)
+        except ValueError as err:
+            raise request_error(err) from err
+        return result
+
+    @functools.wraps(validate_model_input)
+    def validate_model_input_and_layout(self, prompt_input, *args, **kwargs):
+        from packcache_vllm.engine.requests import check_prompt
+
+        validate_model_input(self, prompt_input, *args, **kwargs)
+        try:
+            check_prompt(self.vllm_config, prompt_input.get("prompt_token_ids"))
+        except ValueError as err:
+            raise request_error(err) from err
+
+    setattr(validate_params_and_packcache, REQUEST_CHECK_MARK, True)
+    InputProcessor._validate_params = validate_params_and_packcache
+    InputProcessor._validate_model_input = validate_model_input_and_layout

@@ -21,7 +21,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 
 from packcache_vllm.cli import NO_POLICY, packcache_config_from
 from packcache_vllm.core.budget import PackCacheConfig
-from packcache_vllm.core.layout import FrameLayout, find_frame_start
+from packcache_vllm.core.layout import FrameLayout
 from packcache_vllm.core.plan import (
     CompactionPlan,
     PhysicalState,
@@ -31,6 +31,11 @@ from packcache_vllm.core.plan import (
 from packcache_vllm.core.select import make_selector
 from packcache_vllm.engine import compat
 from packcache_vllm.engine.plans import WorkerPlan
+from packcache_vllm.engine.requests import (
+    check_engine_supports,
+    request_policy,
+    video_layout,
+)
 from packcache_vllm.model.config_hook import frame_grid
 
 logger = logging.getLogger(__name__)
@@ -51,6 +56,7 @@ class RequestKV:
     """The physical side of one request (mutable: it changes at every compaction)."""
 
     layout: FrameLayout
+    config: PackCacheConfig  # the engine's policy with this request's overrides
     state: PhysicalState
     evicted_tokens: int = 0
 
@@ -65,11 +71,7 @@ class PackCacheScheduler(Scheduler):
         self.preempted_this_step: set[str] = set()
         self.block_manager = compat.full_attention_manager(self.kv_cache_manager)
         compat.count_physical_tokens(self.block_manager, self.evicted_tokens_of)
-        if make_selector(self.packcache.selector).needs_keys:
-            raise ValueError(
-                f"packcache selector {self.packcache.selector!r} needs cached keys, which the "
-                "engine does not read yet; use selector 'uniform'"
-            )
+        check_engine_supports(self.packcache)
         logger.info("PackCache scheduler: %s", self.packcache)
 
     def evicted_tokens_of(self, request_id: str) -> int:
@@ -87,13 +89,13 @@ class PackCacheScheduler(Scheduler):
         return output
 
     def compact_completed_frames(self) -> dict[str, WorkerPlan]:
-        if not self.packcache.is_bounded:
-            return {}  # the full cache: nothing is ever evicted
         plans = {}
         for request in self.running:
             if request.num_computed_tokens < request.num_prompt_tokens:
                 continue  # still prefilling its prompt: no generated frame yet
             kv = self.kv_of(request)
+            if not kv.config.is_bounded:
+                continue  # the full cache: nothing is ever evicted
             logical_len = request.num_computed_tokens
             if num_new_complete_frames(kv.state, logical_len, kv.layout.tokens_per_frame):
                 plans[request.request_id] = self.compact(request.request_id, kv, logical_len)
@@ -106,7 +108,7 @@ class PackCacheScheduler(Scheduler):
             kv.state,
             logical_len,
             kv.layout.tokens_per_frame,
-            self.packcache,
+            kv.config,
             self.frame_orders(kv, logical_len),
             old_ids,
             self.block_size,
@@ -144,27 +146,20 @@ class PackCacheScheduler(Scheduler):
     def frame_orders(self, kv: RequestKV, logical_len: int) -> dict[int, list[int]]:
         """Priority order of every generated frame complete at ``logical_len`` (same for all:
         the engine's selectors depend on the frame grid only)."""
-        order = make_selector(self.packcache.selector).order(self.frame_rows, self.frame_cols)
+        order = make_selector(kv.config.selector).order(self.frame_rows, self.frame_cols)
         complete = kv.layout.num_complete_frames(logical_len) - kv.layout.num_anchor_frames
         return dict.fromkeys(range(complete), order.tolist())
 
     def kv_of(self, request) -> RequestKV:
         kv = self.request_kv.get(request.request_id)
         if kv is None:
-            layout = self.layout_of(request)
-            kv = RequestKV(layout, PhysicalState.initial(layout.anchor_len))
+            layout = video_layout(self.vllm_config, request.prompt_token_ids)
+            config = request_policy(self.packcache, request.sampling_params)
+            kv = RequestKV(layout, config, PhysicalState.initial(layout.anchor_len))
             self.request_kv[request.request_id] = kv
         return kv
 
-    def layout_of(self, request) -> FrameLayout:
-        prompt = list(request.prompt_token_ids)
-        return FrameLayout(find_frame_start(prompt), len(prompt), self.frame_rows, self.frame_cols)
-
     # --- lifecycle --------------------------------------------------------------------------
-    def add_request(self, request) -> None:
-        self.layout_of(request)  # ValueError now, not mid-generation, if it is not a video
-        super().add_request(request)
-
     def _preempt_request(self, request, timestamp: float, *args, **kwargs) -> None:
         # Preemption recomputes the request from scratch with every token present: its cache
         # restarts unpacked (it cannot reproduce KV computed under earlier evictions).

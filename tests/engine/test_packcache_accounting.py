@@ -27,8 +27,7 @@ def engine(tiny_model_dir):
         seed=0,
         **packcache_engine_kwargs(WINDOW, MIN_KEEP),
     )
-    yield llm.llm_engine
-    llm.llm_engine.engine_core.shutdown()
+    yield llm.llm_engine  # not shut down: that would tear down state other in-process engines use
 
 
 def scheduler_of(engine):

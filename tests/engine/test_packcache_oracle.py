@@ -36,8 +36,7 @@ def packcache_llm(tiny_model_dir):
         seed=0,
         **packcache_engine_kwargs(WINDOW, MIN_KEEP),
     )
-    yield engine
-    engine.llm_engine.engine_core.shutdown()
+    yield engine  # not shut down: in one process that would tear down state other engines use
 
 
 @pytest.fixture(scope="module")
@@ -86,28 +85,72 @@ def test_eviction_changes_the_output(packcache_llm, llm, video_prompts):
     assert packed != full
 
 
-def test_window_longer_than_the_video_equals_stock_vllm(tiny_model_dir, llm, video_prompts):
+def test_window_longer_than_the_video_equals_stock_vllm(packcache_llm, llm, video_prompts):
     """Equivalence: the plugin's scheduler and runner with nothing to evict change nothing."""
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
 
-    roomy = LLM(
-        str(tiny_model_dir),
-        dtype="float32",
-        enforce_eager=True,
-        block_size=32,
-        kv_cache_memory_bytes=64 << 20,
-        max_model_len=4096,
-        seed=0,
-        **packcache_engine_kwargs(window=64, min_keep=0.25),
-    )
-    try:
-        params = SamplingParams(
-            temperature=0.0, max_tokens=6 * 32, ignore_eos=True, detokenize=False
+    def params(**extra_args):
+        return SamplingParams(
+            temperature=0.0,
+            max_tokens=6 * 32,
+            ignore_eos=True,
+            detokenize=False,
+            extra_args=extra_args,
         )
-        prompts = [{"prompt_token_ids": p} for p in video_prompts]
-        ours = roomy.generate(prompts, params, use_tqdm=False)
-        stock = llm.generate(prompts, params, use_tqdm=False)
-        for a, b in zip(ours, stock, strict=True):
-            assert a.outputs[0].token_ids == b.outputs[0].token_ids
-    finally:
-        roomy.llm_engine.engine_core.shutdown()
+
+    prompts = [{"prompt_token_ids": p} for p in video_prompts]
+    ours = packcache_llm.generate(prompts, params(packcache_window=64), use_tqdm=False)
+    stock = llm.generate(prompts, params(), use_tqdm=False)
+    for a, b in zip(ours, stock, strict=True):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+
+
+def test_per_request_override_is_applied(packcache_llm, reference, video_prompts):
+    """``extra_args`` (``vllm_xargs`` over HTTP) can change the window of one request."""
+    from vllm import SamplingParams
+
+    from packcache_vllm.reference import PackCachePolicy
+
+    prompt, layout = video_prompts[1], reference.layout_for(video_prompts[1])
+    n = 7 * layout.tokens_per_frame
+    params = SamplingParams(
+        temperature=0.0,
+        max_tokens=n,
+        ignore_eos=True,
+        detokenize=False,
+        extra_args={"packcache_window": 2, "packcache_min_keep": 0.5},
+    )
+    out = packcache_llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)
+    config = PackCacheConfig.preset("packcache", window=2, min_keep=0.5)
+    expected = reference.generate(prompt, layout, n, PackCachePolicy(config)).token_ids
+    assert tuple(out[0].outputs[0].token_ids) == expected
+
+
+@pytest.mark.parametrize(
+    ("extra_args", "message"),
+    [
+        ({"packcache_window": 0}, "window"),
+        ({"packcache_decay": 1.5}, "decay"),
+        ({"packcache_windw": 2}, "packcache_windw"),
+        ({"packcache_selector": "key_norm"}, "key_norm"),
+    ],
+)
+def test_bad_request_override_is_rejected_up_front(
+    packcache_llm, video_prompts, extra_args, message
+):
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=4, detokenize=False, extra_args=extra_args)
+    with pytest.raises(ValueError, match=message):
+        packcache_llm.generate([{"prompt_token_ids": video_prompts[0]}], params, use_tqdm=False)
+
+
+def test_prompt_that_is_not_a_video_is_rejected_and_others_continue(packcache_llm, video_prompts):
+    from vllm import SamplingParams
+
+    broken = video_prompts[0][:-5]  # a conditioning frame cut short
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True, detokenize=False)
+    with pytest.raises(ValueError, match="not a video prompt"):
+        packcache_llm.generate([{"prompt_token_ids": broken}], params, use_tqdm=False)
+    again = packcache_llm.generate([{"prompt_token_ids": video_prompts[2]}], params, use_tqdm=False)
+    assert len(again[0].outputs[0].token_ids) == 40

@@ -52,3 +52,30 @@ def test_concurrent_requests_match_reference(packcache_server, tiny_model_dir, v
         expected = reference.generate(prompt, layout, num_tokens, PackCachePolicy(config))
         assert tuple(tokens) == expected.token_ids
     assert "PackCacheScheduler" in log_path.read_text()
+
+
+def test_bad_requests_get_http_400_and_the_server_keeps_serving(
+    packcache_server, tiny_model_dir, video_prompts
+):
+    import openai
+
+    url, _ = packcache_server
+    client = openai.OpenAI(base_url=url, api_key="unused")
+    model = str(tiny_model_dir)
+    with pytest.raises(openai.BadRequestError, match="window"):
+        client.completions.create(
+            model=model,
+            prompt=video_prompts[0],
+            max_tokens=4,
+            extra_body={"vllm_xargs": {"packcache_window": 0}},
+        )
+    with pytest.raises(openai.BadRequestError, match="not a video prompt"):
+        client.completions.create(model=model, prompt=video_prompts[0][:-5], max_tokens=4)
+    reply = client.completions.create(
+        model=model,
+        prompt=video_prompts[1],
+        max_tokens=8,
+        temperature=0.0,
+        extra_body={"vllm_xargs": {"packcache_window": 2}},
+    )
+    assert reply.usage.completion_tokens == 8
