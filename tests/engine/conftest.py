@@ -15,6 +15,9 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 BLOCK_SIZE = 32
 KV_CACHE_BYTES = 128 << 20
+# The shared evicting engine: W=3 with min_keep 1/4 thins frames to 1/2 and 1/4, then drops them.
+PACKCACHE_WINDOW = 3
+PACKCACHE_MIN_KEEP = 0.25
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +43,27 @@ def llm(tiny_model_dir):
     )
     yield engine
     engine.llm_engine.engine_core.shutdown()
+
+
+@pytest.fixture(scope="session")
+def packcache_llm(tiny_model_dir, llm):
+    """The same model with ``--kv-policy packcache``. Session-scoped like ``llm``: an in-process
+    engine that is shut down (or garbage-collected) tears down distributed state that every
+    other in-process engine shares, so engines live until the session ends."""
+    from vllm import LLM
+
+    from packcache_vllm.cli import engine_overrides
+
+    return LLM(
+        str(tiny_model_dir),
+        dtype="float32",
+        enforce_eager=True,
+        block_size=BLOCK_SIZE,
+        kv_cache_memory_bytes=64 << 20,
+        max_model_len=4096,
+        seed=0,
+        **engine_overrides("packcache", window=PACKCACHE_WINDOW, min_keep=PACKCACHE_MIN_KEEP),
+    )
 
 
 @pytest.fixture(scope="session")

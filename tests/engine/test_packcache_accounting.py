@@ -7,27 +7,15 @@ import math
 
 import pytest
 
-from tests.engine.test_packcache_oracle import MIN_KEEP, WINDOW, packcache_engine_kwargs
+from tests.engine.conftest import BLOCK_SIZE
+from tests.engine.conftest import PACKCACHE_WINDOW as WINDOW
 
-BLOCK_SIZE = 32
 NUM_FRAMES = 10
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir):
-    from vllm import LLM
-
-    llm = LLM(
-        str(tiny_model_dir),
-        dtype="float32",
-        enforce_eager=True,
-        block_size=BLOCK_SIZE,
-        kv_cache_memory_bytes=64 << 20,
-        max_model_len=4096,
-        seed=0,
-        **packcache_engine_kwargs(WINDOW, MIN_KEEP),
-    )
-    yield llm.llm_engine  # not shut down: that would tear down state other in-process engines use
+def engine(packcache_llm):
+    return packcache_llm.llm_engine
 
 
 def scheduler_of(engine):

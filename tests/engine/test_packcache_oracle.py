@@ -10,33 +10,11 @@ from __future__ import annotations
 
 import pytest
 
-from packcache_vllm.cli import engine_overrides
 from packcache_vllm.core.budget import PackCacheConfig
+from tests.engine.conftest import PACKCACHE_MIN_KEEP as MIN_KEEP
+from tests.engine.conftest import PACKCACHE_WINDOW as WINDOW
 
-WINDOW = 3
-MIN_KEEP = 0.25
 FRAMES = (8, 10, 9)
-
-
-def packcache_engine_kwargs(window: int, min_keep: float) -> dict:
-    return engine_overrides("packcache", window=window, min_keep=min_keep)
-
-
-@pytest.fixture(scope="module")
-def packcache_llm(tiny_model_dir):
-    from vllm import LLM
-
-    engine = LLM(
-        str(tiny_model_dir),
-        dtype="float32",
-        enforce_eager=True,
-        block_size=32,
-        kv_cache_memory_bytes=64 << 20,
-        max_model_len=4096,
-        seed=0,
-        **packcache_engine_kwargs(WINDOW, MIN_KEEP),
-    )
-    yield engine  # not shut down: in one process that would tear down state other engines use
 
 
 @pytest.fixture(scope="module")
