@@ -48,12 +48,16 @@ def full_attention_manager(kv_cache_manager):
     return managers[0]
 
 
-def count_physical_tokens(manager, evicted_of) -> None:
-    """Make block allocation count physical tokens (logical - E) for every request.
+def count_physical_tokens(manager, evicted_of, admission_blocks_of) -> None:
+    """Make block allocation count physical tokens (logical - E) for every request, and make
+    admission demand a request's whole bounded footprint.
 
     vLLM sizes a request's block list as cdiv(logical tokens, block_size); after compaction the
     request needs only cdiv(logical - E, block_size). Wraps the manager instance's two sizing
     methods (single_type_kv_cache_manager.py: get_num_blocks_to_allocate, allocate_new_blocks).
+    ``get_num_blocks_to_allocate`` is only a check against the free pool, so for a request not
+    yet holding blocks it reports ``admission_blocks_of(request_id)`` when larger: the request
+    is admitted only when it, and every running request, can grow to its bound.
     """
     if getattr(manager, "_packcache_counts_physical", False):
         return
@@ -71,7 +75,7 @@ def count_physical_tokens(manager, evicted_of) -> None:
         **kwargs,
     ):
         e = evicted_of(request_id)
-        return get_num_blocks(
+        needed = get_num_blocks(
             request_id,
             num_tokens - e,
             new_computed_blocks,
@@ -81,6 +85,9 @@ def count_physical_tokens(manager, evicted_of) -> None:
             *args,
             **kwargs,
         )
+        if manager.req_to_blocks.get(request_id):
+            return needed  # already admitted: its growth was reserved then
+        return max(needed, admission_blocks_of(request_id))
 
     def allocate_physical_blocks(request_id, num_tokens, num_tokens_main_model):
         e = evicted_of(request_id)

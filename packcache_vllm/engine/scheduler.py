@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from vllm.utils.math_utils import cdiv
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from packcache_vllm.cli import NO_POLICY, packcache_config_from
@@ -70,13 +71,36 @@ class PackCacheScheduler(Scheduler):
         self.request_kv: dict[str, RequestKV] = {}
         self.preempted_this_step: set[str] = set()
         self.block_manager = compat.full_attention_manager(self.kv_cache_manager)
-        compat.count_physical_tokens(self.block_manager, self.evicted_tokens_of)
+        self.num_preemptions = 0
+        compat.count_physical_tokens(
+            self.block_manager, self.evicted_tokens_of, self.admission_blocks_of
+        )
         check_engine_supports(self.packcache)
         logger.info("PackCache scheduler: %s", self.packcache)
 
     def evicted_tokens_of(self, request_id: str) -> int:
         kv = self.request_kv.get(request_id)
         return kv.evicted_tokens if kv is not None else 0
+
+    # --- admission -------------------------------------------------------------------------
+    def bound_blocks(self, request) -> int:
+        """The most blocks the request can ever hold: anchors + W frames + the current frame
+        (or its whole length, if shorter)."""
+        kv = self.kv_of(request)
+        longest = request.num_prompt_tokens + request.max_tokens
+        if kv.config.is_bounded:
+            per_frame = kv.layout.tokens_per_frame
+            longest = min(longest, kv.layout.anchor_len + (kv.config.window + 1) * per_frame)
+        return cdiv(longest, self.block_size)
+
+    def admission_blocks_of(self, request_id: str) -> int:
+        """Free blocks a waiting request needs to be admitted: its own bound plus what running
+        requests may still grow into, so that growth never preempts anyone."""
+        growth = sum(
+            max(0, self.bound_blocks(r) - len(self.block_manager.req_to_blocks[r.request_id]))
+            for r in self.running
+        )
+        return self.bound_blocks(self.requests[request_id]) + growth
 
     # --- the step ---------------------------------------------------------------------------
     def schedule(self, *args, **kwargs):
@@ -165,6 +189,12 @@ class PackCacheScheduler(Scheduler):
         # restarts unpacked (it cannot reproduce KV computed under earlier evictions).
         self.request_kv.pop(request.request_id, None)
         self.preempted_this_step.add(request.request_id)
+        self.num_preemptions += 1
+        logger.warning(
+            "packcache: request %s preempted; it restarts with an unpacked cache, so its "
+            "continuation can differ from an uninterrupted run (give the KV pool more room)",
+            request.request_id,
+        )
         super()._preempt_request(request, timestamp, *args, **kwargs)
 
     def _free_request(self, request, *args, **kwargs):

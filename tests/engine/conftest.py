@@ -89,3 +89,23 @@ def video_prompts(frame_grid) -> list[list[int]]:
         make_video_prompt(rows, cols, [4 + b for b in text], with_condition_frame=cond, rng=rng)
         for text, cond in zip(captions, conditioned, strict=True)
     ]
+
+
+@pytest.fixture(scope="session")
+def tight_packcache_llm(tiny_model_dir, llm):
+    """The evicting engine with a pool of only 14 blocks: too small for three videos at once."""
+    from vllm import LLM
+
+    from packcache_vllm.cli import engine_overrides
+
+    return LLM(
+        str(tiny_model_dir),
+        dtype="float32",
+        enforce_eager=True,
+        block_size=BLOCK_SIZE,
+        kv_cache_memory_bytes=64 << 20,
+        num_gpu_blocks_override=14,
+        max_model_len=416,
+        seed=0,
+        **engine_overrides("packcache", window=PACKCACHE_WINDOW, min_keep=PACKCACHE_MIN_KEEP),
+    )

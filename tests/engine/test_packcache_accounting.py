@@ -85,3 +85,35 @@ def test_abort_mid_frame_returns_every_block(engine, video_prompts, frame_grid):
         engine.step()
     assert internal_id not in scheduler.request_kv
     assert pool.get_num_free_blocks() == free_at_start
+
+
+def test_admission_reserves_the_bounded_footprint(
+    tight_packcache_llm, tiny_model_dir, video_prompts, frame_grid
+):
+    """A pool too small for all three videos at once: requests wait for room instead of being
+    preempted later, and every video completes token-exact (a preemption would break that)."""
+    from vllm import SamplingParams
+
+    from packcache_vllm.core.budget import PackCacheConfig
+    from packcache_vllm.reference import PackCachePolicy, ReferenceVideoModel
+    from tests.engine.conftest import PACKCACHE_MIN_KEEP
+
+    tight = tight_packcache_llm
+    scheduler = scheduler_of(tight.llm_engine)
+    pool = scheduler.kv_cache_manager.block_pool
+    free_at_start = pool.get_num_free_blocks()
+    per_frame = frame_grid[0] * (frame_grid[1] + 1) + 4
+    n = NUM_FRAMES * per_frame
+    params = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, detokenize=False)
+    outputs = tight.generate(
+        [{"prompt_token_ids": p} for p in video_prompts], params, use_tqdm=False
+    )
+
+    reference = ReferenceVideoModel.from_pretrained(tiny_model_dir)
+    config = PackCacheConfig.preset("packcache", window=WINDOW, min_keep=PACKCACHE_MIN_KEEP)
+    for prompt, output in zip(video_prompts, outputs, strict=True):
+        layout = reference.layout_for(prompt)
+        expected = reference.generate(prompt, layout, n, PackCachePolicy(config)).token_ids
+        assert tuple(output.outputs[0].token_ids) == expected
+    assert scheduler.num_preemptions == 0
+    assert pool.get_num_free_blocks() == free_at_start
