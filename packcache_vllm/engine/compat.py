@@ -229,37 +229,26 @@ def request_error(err: ValueError) -> Exception:
 
 
 def install_request_checks() -> None:
-    """Validate PackCache's per-request parts where vLLM validates requests: the input processor
-    (v1/engine/input_processor.py ``_validate_params`` and ``_validate_model_input``), whose
-    ValueErrors vLLM's OpenAI server answers with HTTP 400. No-ops unless a policy is active."""
+    """Check PackCache's per-request parts where vLLM turns a request into an engine request
+    (v1/engine/input_processor.py ``InputProcessor.process_inputs``), before the engine sees it;
+    vLLM's OpenAI server answers the resulting VLLMValidationError with HTTP 400. No-op unless a
+    policy is active."""
     from vllm.v1.engine.input_processor import InputProcessor
 
-    if getattr(InputProcessor._validate_params, REQUEST_CHECK_MARK, False):
+    if getattr(InputProcessor.process_inputs, REQUEST_CHECK_MARK, False):
         return
-    validate_params = InputProcessor._validate_params
-    validate_model_input = InputProcessor._validate_model_input
+    process_inputs = InputProcessor.process_inputs
 
-    @functools.wraps(validate_params)
-    def validate_params_and_packcache(self, params, *args, **kwargs):
-        from packcache_vllm.engine.requests import check_params
+    @functools.wraps(process_inputs)
+    def process_and_check_inputs(self, *args, **kwargs):
+        from packcache_vllm.engine.requests import check_request
 
-        result = validate_params(self, params, *args, **kwargs)
+        request = process_inputs(self, *args, **kwargs)
         try:
-            check_params(self.vllm_config, params)
+            check_request(self.vllm_config, request.prompt_token_ids, request.sampling_params)
         except ValueError as err:
             raise request_error(err) from err
-        return result
+        return request
 
-    @functools.wraps(validate_model_input)
-    def validate_model_input_and_layout(self, prompt_input, *args, **kwargs):
-        from packcache_vllm.engine.requests import check_prompt
-
-        validate_model_input(self, prompt_input, *args, **kwargs)
-        try:
-            check_prompt(self.vllm_config, prompt_input.get("prompt_token_ids"))
-        except ValueError as err:
-            raise request_error(err) from err
-
-    setattr(validate_params_and_packcache, REQUEST_CHECK_MARK, True)
-    InputProcessor._validate_params = validate_params_and_packcache
-    InputProcessor._validate_model_input = validate_model_input_and_layout
+    setattr(process_and_check_inputs, REQUEST_CHECK_MARK, True)
+    InputProcessor.process_inputs = process_and_check_inputs

@@ -50,12 +50,21 @@ def video_layout(vllm_config, prompt_token_ids) -> FrameLayout:
         ) from err
 
 
-def check_params(vllm_config, params) -> None:
+def bound_tokens(layout: FrameLayout, config: PackCacheConfig, max_tokens: int) -> int:
+    """The most tokens a request's cache ever holds: anchors + W frames + the current frame
+    (or the whole request, if shorter)."""
+    longest = layout.anchor_len + max_tokens
+    if not config.is_bounded:
+        return longest
+    return min(longest, layout.anchor_len + (config.window + 1) * layout.tokens_per_frame)
+
+
+def check_request(vllm_config, prompt_token_ids, sampling_params) -> None:
+    """All checks of one request (no-op unless a policy is active). Raises ValueError."""
     base = engine_policy(vllm_config)
-    if base is not None and hasattr(params, "extra_args"):
-        request_policy(base, params)
-
-
-def check_prompt(vllm_config, prompt_token_ids) -> None:
-    if prompt_token_ids is not None and engine_policy(vllm_config) is not None:
-        video_layout(vllm_config, prompt_token_ids)
+    if base is None or prompt_token_ids is None or not hasattr(sampling_params, "extra_args"):
+        return
+    request_policy(base, sampling_params)
+    video_layout(vllm_config, prompt_token_ids)
+    # No pool-size check is needed: vLLM refuses to start unless one max_model_len request fits
+    # the pool, and a request's bounded footprint is at most that.

@@ -33,6 +33,7 @@ from packcache_vllm.core.select import make_selector
 from packcache_vllm.engine import compat
 from packcache_vllm.engine.plans import WorkerPlan
 from packcache_vllm.engine.requests import (
+    bound_tokens,
     check_engine_supports,
     request_policy,
     video_layout,
@@ -84,14 +85,9 @@ class PackCacheScheduler(Scheduler):
 
     # --- admission -------------------------------------------------------------------------
     def bound_blocks(self, request) -> int:
-        """The most blocks the request can ever hold: anchors + W frames + the current frame
-        (or its whole length, if shorter)."""
+        """The most blocks the request can ever hold (``requests.bound_tokens``)."""
         kv = self.kv_of(request)
-        longest = request.num_prompt_tokens + request.max_tokens
-        if kv.config.is_bounded:
-            per_frame = kv.layout.tokens_per_frame
-            longest = min(longest, kv.layout.anchor_len + (kv.config.window + 1) * per_frame)
-        return cdiv(longest, self.block_size)
+        return cdiv(bound_tokens(kv.layout, kv.config, request.max_tokens), self.block_size)
 
     def admission_blocks_of(self, request_id: str) -> int:
         """Free blocks a waiting request needs to be admitted: its own bound plus what running
