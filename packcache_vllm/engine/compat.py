@@ -198,18 +198,19 @@ def _with_packcache_overrides(from_cli_args):
         overrides = cli.overrides_from_namespace(args)
         if overrides:
             args = argparse.Namespace(**{**vars(args), **overrides})
-            _vllm_logger().info("packcache_vllm: %s", cli.describe_overrides(overrides))
+            vllm_logger().info("packcache_vllm: %s", cli.describe_overrides(overrides))
         return from_cli_args(cls, args)
 
     setattr(from_cli_args_with_packcache, CLI_HOOK_MARK, True)
     return from_cli_args_with_packcache
 
 
-def _vllm_logger():
-    """A logger under "vllm.", so vLLM's logging configuration (handler, level) applies."""
+def vllm_logger(name: str = "packcache_vllm"):
+    """A logger under "vllm.", so vLLM's logging configuration (handler, VLLM_LOGGING_LEVEL)
+    applies to the plugin's lines too."""
     from vllm.logger import init_logger
 
-    return init_logger("vllm.packcache_vllm")
+    return init_logger(f"vllm.{name}")
 
 
 # --- request validation at the API boundary ---------------------------------------------------

@@ -14,7 +14,6 @@ ceil((anchors + W*F + F) / block_size) blocks.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from vllm.utils.math_utils import cdiv
@@ -40,7 +39,7 @@ from packcache_vllm.engine.requests import (
 )
 from packcache_vllm.model.config_hook import frame_grid
 
-logger = logging.getLogger(__name__)
+logger = compat.vllm_logger(__name__)
 
 
 def scheduler_policy(vllm_config) -> PackCacheConfig:
