@@ -12,7 +12,6 @@ from packcache_vllm import cli
 from packcache_vllm.core.budget import PackCacheConfig
 
 CPU_WORKER = "packcache_vllm.engine.worker.PackCacheCPUWorker"
-GPU_WORKER = "packcache_vllm.engine.worker.PackCacheGPUWorker"
 SCHEDULER = "packcache_vllm.engine.scheduler.PackCacheScheduler"
 
 
@@ -52,9 +51,10 @@ def test_each_policy_expands_to_engine_settings(policy, window, decay, min_keep)
 
 
 def test_worker_follows_device():
-    assert cli.engine_overrides("packcache", device="cuda")["worker_cls"] == GPU_WORKER
-    with pytest.raises(ValueError, match=r"PackCache runs on \['cpu', 'cuda'\].*'xpu'"):
-        cli.engine_overrides("packcache", device="xpu")
+    assert cli.engine_overrides("packcache", device="cpu")["worker_cls"] == CPU_WORKER
+    for device in ("cuda", "xpu"):  # no CUDA worker yet: a clear start-up error, not a crash
+        with pytest.raises(ValueError, match=rf"PackCache runs on \['cpu'\].*'{device}'"):
+            cli.engine_overrides("packcache", device=device)
 
 
 def test_knobs_override_the_preset():
