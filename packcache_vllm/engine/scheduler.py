@@ -71,9 +71,9 @@ class PackCacheScheduler(Scheduler):
         self.request_kv: dict[str, RequestKV] = {}
         self.preempted_this_step: set[str] = set()
         self.block_manager = compat.full_attention_manager(self.kv_cache_manager)
-        self.num_preemptions = 0
+        self.preempted_requests: list[str] = []  # every preemption, in order
         compat.count_physical_tokens(
-            self.block_manager, self.evicted_tokens_of, self.admission_blocks_of
+            self.block_manager, self.evicted_tokens_of, lambda rid: self.admission_blocks_of(rid)
         )
         check_engine_supports(self.packcache)
         logger.info("PackCache scheduler: %s", self.packcache)
@@ -184,7 +184,7 @@ class PackCacheScheduler(Scheduler):
         # restarts unpacked (it cannot reproduce KV computed under earlier evictions).
         self.request_kv.pop(request.request_id, None)
         self.preempted_this_step.add(request.request_id)
-        self.num_preemptions += 1
+        self.preempted_requests.append(request.request_id)
         logger.warning(
             "packcache: request %s preempted; it restarts with an unpacked cache, so its "
             "continuation can differ from an uninterrupted run (give the KV pool more room)",

@@ -14,6 +14,16 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 BLOCK_SIZE = 32
+_ENGINES_KEPT_ALIVE: list = []
+
+
+def keep_alive(engine):
+    """Keep an in-process engine until the session ends: a shut-down or garbage-collected engine
+    tears down distributed state that the other in-process engines share."""
+    _ENGINES_KEPT_ALIVE.append(engine)
+    return engine
+
+
 KV_CACHE_BYTES = 128 << 20
 # The shared evicting engine: W=3 with min_keep 1/4 thins frames to 1/2 and 1/4, then drops them.
 PACKCACHE_WINDOW = 3

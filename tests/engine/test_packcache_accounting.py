@@ -115,5 +115,49 @@ def test_admission_reserves_the_bounded_footprint(
         layout = reference.layout_for(prompt)
         expected = reference.generate(prompt, layout, n, PackCachePolicy(config)).token_ids
         assert tuple(output.outputs[0].token_ids) == expected
-    assert scheduler.num_preemptions == 0
+    assert scheduler.preempted_requests == []
     assert pool.get_num_free_blocks() == free_at_start
+
+
+def test_forced_preemption_leaks_nothing_and_spares_the_others(
+    tiny_model_dir, video_prompts, frame_grid
+):
+    """Admission switched off on a tight pool (as stock vLLM admits): growth preempts running
+    videos. A preempted video restarts with an unpacked cache and still completes; videos never
+    preempted stay token-exact; every block comes back."""
+    from vllm import LLM, SamplingParams
+
+    from packcache_vllm.cli import engine_overrides
+    from packcache_vllm.core.budget import PackCacheConfig
+    from packcache_vllm.reference import PackCachePolicy, ReferenceVideoModel
+    from tests.engine.conftest import PACKCACHE_MIN_KEEP, keep_alive
+
+    llm = keep_alive(LLM(
+        str(tiny_model_dir), dtype="float32", enforce_eager=True, block_size=BLOCK_SIZE,
+        kv_cache_memory_bytes=64 << 20, num_gpu_blocks_override=14, max_model_len=416, seed=0,
+        **engine_overrides("packcache", window=WINDOW, min_keep=PACKCACHE_MIN_KEEP),
+    ))  # fmt: skip
+    scheduler = scheduler_of(llm.llm_engine)
+    scheduler.admission_blocks_of = lambda request_id: 0  # admit like stock vLLM
+    pool = scheduler.kv_cache_manager.block_pool
+    free_at_start = pool.get_num_free_blocks()
+    per_frame = frame_grid[0] * (frame_grid[1] + 1) + 4
+    n = NUM_FRAMES * per_frame
+    params = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, detokenize=False)
+    outputs = llm.generate([{"prompt_token_ids": p} for p in video_prompts], params, use_tqdm=False)
+
+    assert scheduler.preempted_requests, "the pool was meant to force a preemption"
+    assert pool.get_num_free_blocks() == free_at_start
+    assert not scheduler.request_kv
+    reference = ReferenceVideoModel.from_pretrained(tiny_model_dir)
+    config = PackCacheConfig.preset("packcache", window=WINDOW, min_keep=PACKCACHE_MIN_KEEP)
+    spared = 0
+    for prompt, output in zip(video_prompts, outputs, strict=True):
+        tokens = tuple(output.outputs[0].token_ids)
+        assert len(tokens) == n  # the preempted ones resume and complete too
+        if any(r.startswith(output.request_id) for r in scheduler.preempted_requests):
+            continue
+        layout = reference.layout_for(prompt)
+        assert tokens == reference.generate(prompt, layout, n, PackCachePolicy(config)).token_ids
+        spared += 1
+    assert spared >= 1
