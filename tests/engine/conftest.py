@@ -55,25 +55,34 @@ def llm(tiny_model_dir):
     engine.llm_engine.engine_core.shutdown()
 
 
-@pytest.fixture(scope="session")
-def packcache_llm(tiny_model_dir, llm):
-    """The same model with ``--kv-policy packcache``. Session-scoped like ``llm``: an in-process
-    engine that is shut down (or garbage-collected) tears down distributed state that every
-    other in-process engine shares, so engines live until the session ends."""
+TIGHT_POOL_BLOCKS = 14  # too small for the three test videos at once
+TIGHT_MAX_MODEL_LEN = 416  # vLLM needs one max-length request to fit the pool
+
+
+def make_packcache_llm(model_dir, **settings):
+    """An in-process engine with ``--kv-policy packcache`` (W=3, min_keep 1/4), kept alive for
+    the session; ``settings`` override the LLM arguments."""
     from vllm import LLM
 
     from packcache_vllm.cli import engine_overrides
 
-    return LLM(
-        str(tiny_model_dir),
-        dtype="float32",
-        enforce_eager=True,
-        block_size=BLOCK_SIZE,
-        kv_cache_memory_bytes=64 << 20,
-        max_model_len=4096,
-        seed=0,
-        **engine_overrides("packcache", window=PACKCACHE_WINDOW, min_keep=PACKCACHE_MIN_KEEP),
-    )
+    arguments = {
+        "dtype": "float32",
+        "enforce_eager": True,
+        "block_size": BLOCK_SIZE,
+        "kv_cache_memory_bytes": 64 << 20,
+        "max_model_len": 4096,
+        "seed": 0,
+        **settings,
+    }
+    policy = engine_overrides("packcache", window=PACKCACHE_WINDOW, min_keep=PACKCACHE_MIN_KEEP)
+    return keep_alive(LLM(str(model_dir), **arguments, **policy))
+
+
+@pytest.fixture(scope="session")
+def packcache_llm(tiny_model_dir, llm):
+    """The same model with ``--kv-policy packcache``, shared by the engine tests."""
+    return make_packcache_llm(tiny_model_dir)
 
 
 @pytest.fixture(scope="session")
@@ -103,19 +112,7 @@ def video_prompts(frame_grid) -> list[list[int]]:
 
 @pytest.fixture(scope="session")
 def tight_packcache_llm(tiny_model_dir, llm):
-    """The evicting engine with a pool of only 14 blocks: too small for three videos at once."""
-    from vllm import LLM
-
-    from packcache_vllm.cli import engine_overrides
-
-    return LLM(
-        str(tiny_model_dir),
-        dtype="float32",
-        enforce_eager=True,
-        block_size=BLOCK_SIZE,
-        kv_cache_memory_bytes=64 << 20,
-        num_gpu_blocks_override=14,
-        max_model_len=416,
-        seed=0,
-        **engine_overrides("packcache", window=PACKCACHE_WINDOW, min_keep=PACKCACHE_MIN_KEEP),
+    """The evicting engine with a 14-block pool: too small for three videos at once."""
+    return make_packcache_llm(
+        tiny_model_dir, num_gpu_blocks_override=TIGHT_POOL_BLOCKS, max_model_len=TIGHT_MAX_MODEL_LEN
     )

@@ -125,18 +125,20 @@ def test_forced_preemption_leaks_nothing_and_spares_the_others(
     """Admission switched off on a tight pool (as stock vLLM admits): growth preempts running
     videos. A preempted video restarts with an unpacked cache and still completes; videos never
     preempted stay token-exact; every block comes back."""
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
 
-    from packcache_vllm.cli import engine_overrides
     from packcache_vllm.core.budget import PackCacheConfig
     from packcache_vllm.reference import PackCachePolicy, ReferenceVideoModel
-    from tests.engine.conftest import PACKCACHE_MIN_KEEP, keep_alive
+    from tests.engine.conftest import (
+        PACKCACHE_MIN_KEEP,
+        TIGHT_MAX_MODEL_LEN,
+        TIGHT_POOL_BLOCKS,
+        make_packcache_llm,
+    )
 
-    llm = keep_alive(LLM(
-        str(tiny_model_dir), dtype="float32", enforce_eager=True, block_size=BLOCK_SIZE,
-        kv_cache_memory_bytes=64 << 20, num_gpu_blocks_override=14, max_model_len=416, seed=0,
-        **engine_overrides("packcache", window=WINDOW, min_keep=PACKCACHE_MIN_KEEP),
-    ))  # fmt: skip
+    llm = make_packcache_llm(
+        tiny_model_dir, num_gpu_blocks_override=TIGHT_POOL_BLOCKS, max_model_len=TIGHT_MAX_MODEL_LEN
+    )
     scheduler = scheduler_of(llm.llm_engine)
     scheduler.admission_blocks_of = lambda request_id: 0  # admit like stock vLLM
     pool = scheduler.kv_cache_manager.block_pool
