@@ -69,7 +69,7 @@ def describe_frames(tokens: list[int], layout: FrameLayout) -> list[str]:
             for j in range(len(chunk))
         )
         lines.append(
-            f"  frame {first + k // per_frame}: {len(chunk)} tokens ({visual} visual cells), "
+            f"  frame {first + k // per_frame}: {len(chunk)} tokens ({visual} visual positions), "
             f"first ids {chunk[:6]}"
         )
     return lines

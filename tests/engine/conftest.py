@@ -94,6 +94,14 @@ def frame_grid(tiny_model_dir) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="session")
+def per_frame(frame_grid) -> int:
+    """Tokens per frame of the tiny model (Lumos-1 frame format)."""
+    from packcache_vllm.core.layout import tokens_per_frame
+
+    return tokens_per_frame(*frame_grid)
+
+
+@pytest.fixture(scope="session")
 def video_prompts(frame_grid) -> list[list[int]]:
     """Three prompts of different shapes: image-to-video, text-to-video, longer image-to-video."""
     import random

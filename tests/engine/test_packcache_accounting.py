@@ -38,11 +38,10 @@ def held_blocks(scheduler) -> dict[str, int]:
     return {r.request_id: len(manager.req_to_blocks[r.request_id]) for r in scheduler.running}
 
 
-def test_blocks_stay_bounded_flat_and_return(engine, video_prompts, frame_grid):
+def test_blocks_stay_bounded_flat_and_return(engine, video_prompts, per_frame):
     scheduler = scheduler_of(engine)
     pool = scheduler.kv_cache_manager.block_pool
     free_at_start = pool.get_num_free_blocks()
-    per_frame = frame_grid[0] * (frame_grid[1] + 1) + 4
     add_video_requests(engine, video_prompts, "acct-", NUM_FRAMES, per_frame)
     bound = {
         r.request_id: math.ceil((r.num_prompt_tokens + (WINDOW + 1) * per_frame) / BLOCK_SIZE)
@@ -64,11 +63,10 @@ def test_blocks_stay_bounded_flat_and_return(engine, video_prompts, frame_grid):
     assert pool.get_num_free_blocks() == free_at_start
 
 
-def test_abort_mid_frame_returns_every_block(engine, video_prompts, frame_grid):
+def test_abort_mid_frame_returns_every_block(engine, video_prompts, per_frame):
     scheduler = scheduler_of(engine)
     pool = scheduler.kv_cache_manager.block_pool
     free_at_start = pool.get_num_free_blocks()
-    per_frame = frame_grid[0] * (frame_grid[1] + 1) + 4
     add_video_requests(engine, video_prompts, "abort-", NUM_FRAMES, per_frame)
     victim = "abort-1"
     for _ in range(NUM_FRAMES * per_frame):  # until the victim is compacted and mid-frame
@@ -88,7 +86,7 @@ def test_abort_mid_frame_returns_every_block(engine, video_prompts, frame_grid):
 
 
 def test_admission_reserves_the_bounded_footprint(
-    tight_packcache_llm, tiny_model_dir, video_prompts, frame_grid
+    tight_packcache_llm, tiny_model_dir, video_prompts, per_frame
 ):
     """A pool too small for all three videos at once: requests wait for room instead of being
     preempted later, and every video completes token-exact (a preemption would break that)."""
@@ -102,7 +100,6 @@ def test_admission_reserves_the_bounded_footprint(
     scheduler = scheduler_of(tight.llm_engine)
     pool = scheduler.kv_cache_manager.block_pool
     free_at_start = pool.get_num_free_blocks()
-    per_frame = frame_grid[0] * (frame_grid[1] + 1) + 4
     n = NUM_FRAMES * per_frame
     params = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, detokenize=False)
     outputs = tight.generate(
@@ -120,7 +117,7 @@ def test_admission_reserves_the_bounded_footprint(
 
 
 def test_forced_preemption_leaks_nothing_and_spares_the_others(
-    tiny_model_dir, video_prompts, frame_grid
+    tiny_model_dir, video_prompts, per_frame
 ):
     """Admission switched off on a tight pool (as stock vLLM admits): growth preempts running
     videos. A preempted video restarts with an unpacked cache and still completes; videos never
@@ -143,7 +140,6 @@ def test_forced_preemption_leaks_nothing_and_spares_the_others(
     scheduler.admission_blocks_of = lambda request_id: 0  # admit like stock vLLM
     pool = scheduler.kv_cache_manager.block_pool
     free_at_start = pool.get_num_free_blocks()
-    per_frame = frame_grid[0] * (frame_grid[1] + 1) + 4
     n = NUM_FRAMES * per_frame
     params = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True, detokenize=False)
     outputs = llm.generate([{"prompt_token_ids": p} for p in video_prompts], params, use_tqdm=False)

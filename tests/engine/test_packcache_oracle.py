@@ -50,27 +50,33 @@ def test_evicting_engine_matches_reference(packcache_llm, reference, video_promp
         assert generated == expected, f"request {output.request_id}: first mismatch at {mismatch}"
 
 
-def test_eviction_changes_the_output(packcache_llm, llm, video_prompts):
+def test_eviction_changes_the_output(packcache_llm, llm, video_prompts, per_frame):
     """Teeth: the evicting engine must differ from the full cache, or the oracle proves little."""
     from vllm import SamplingParams
 
-    params = SamplingParams(temperature=0.0, max_tokens=8 * 32, ignore_eos=True, detokenize=False)
+    params = SamplingParams(
+        temperature=0.0, max_tokens=8 * per_frame, ignore_eos=True, detokenize=False
+    )
     prompt = [{"prompt_token_ids": video_prompts[0]}]
     packed = packcache_llm.generate(prompt, params, use_tqdm=False)[0].outputs[0].token_ids
     full = llm.generate(prompt, params, use_tqdm=False)[0].outputs[0].token_ids
-    first_eviction = (WINDOW + 1) * 32  # fill phase: W frames whole; the (W+1)-th completes it
+    first_eviction = (
+        WINDOW + 1
+    ) * per_frame  # fill phase: W frames whole; the (W+1)-th completes it
     assert packed[:first_eviction] == full[:first_eviction]
     assert packed != full
 
 
-def test_window_longer_than_the_video_equals_stock_vllm(packcache_llm, llm, video_prompts):
+def test_window_longer_than_the_video_equals_stock_vllm(
+    packcache_llm, llm, video_prompts, per_frame
+):
     """Equivalence: the plugin's scheduler and runner with nothing to evict change nothing."""
     from vllm import SamplingParams
 
     def params(**extra_args):
         return SamplingParams(
             temperature=0.0,
-            max_tokens=6 * 32,
+            max_tokens=6 * per_frame,
             ignore_eos=True,
             detokenize=False,
             extra_args=extra_args,

@@ -30,9 +30,13 @@ def test_register_is_idempotent_and_lazy():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_model_registered_by_string_path():
-    module, cls = MODEL_CLASS_PATH.split(":")
-    assert module == "packcache_vllm.model.lumos" and cls == "LumosForVideoGeneration"
+def test_registered_class_path_resolves_to_the_mrope_model():
+    import importlib
+
+    from vllm.model_executor.models.interfaces import supports_mrope
+
+    module, name = MODEL_CLASS_PATH.split(":")
+    assert supports_mrope(getattr(importlib.import_module(module), name))
 
 
 def test_mrope_section_counts_lumos_channel_split():

@@ -88,21 +88,26 @@ def test_text_completion(server, tiny_model_dir):
     assert isinstance(reply.choices[0].text, str)
 
 
+def video_tokens(base_url: str, model, prompt: list[int], max_tokens: int, **extra_body) -> list:
+    """Greedy token ids for a token-id prompt through the OpenAI client (`return_token_ids`)."""
+    from openai import OpenAI
+
+    reply = OpenAI(base_url=base_url, api_key="unused").completions.create(
+        model=str(model),
+        prompt=prompt,
+        max_tokens=max_tokens,
+        temperature=0.0,
+        extra_body={"return_token_ids": True, "ignore_eos": True, **extra_body},
+    )
+    return list(reply.choices[0].token_ids)
+
+
 def test_video_token_prompt_matches_offline_engine(server, tiny_model_dir, llm, video_prompts):
     """Same greedy float32 tokens through HTTP + multi-process engine as in-process."""
-    from openai import OpenAI
     from vllm import SamplingParams
 
     prompt, num_tokens = video_prompts[0], 40
-    client = OpenAI(base_url=server, api_key="unused")
-    reply = client.completions.create(
-        model=str(tiny_model_dir),
-        prompt=prompt,
-        max_tokens=num_tokens,
-        temperature=0.0,
-        extra_body={"return_token_ids": True, "ignore_eos": True},
-    )
-    served = list(reply.choices[0].token_ids)
+    served = video_tokens(server, tiny_model_dir, prompt, num_tokens)
     params = SamplingParams(
         temperature=0.0, max_tokens=num_tokens, ignore_eos=True, detokenize=False
     )

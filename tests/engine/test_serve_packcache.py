@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from packcache_vllm.core.budget import PackCacheConfig
-from tests.engine.test_serve import running_server
+from tests.engine.test_serve import running_server, video_tokens
 
 pytestmark = pytest.mark.server
 
@@ -25,25 +25,15 @@ def packcache_server(tiny_model_dir, tmp_path_factory):
 
 
 def test_concurrent_requests_match_reference(packcache_server, tiny_model_dir, video_prompts):
-    from openai import OpenAI
-
     from packcache_vllm.reference import PackCachePolicy, ReferenceVideoModel
 
     url, log_path = packcache_server
-    client = OpenAI(base_url=url, api_key="unused")
     reference = ReferenceVideoModel.from_pretrained(tiny_model_dir)
     layouts = [reference.layout_for(p) for p in video_prompts]
     num_tokens = FRAMES * layouts[0].tokens_per_frame
 
     def ask(prompt: list[int]) -> list[int]:
-        reply = client.completions.create(
-            model=str(tiny_model_dir),
-            prompt=prompt,
-            max_tokens=num_tokens,
-            temperature=0.0,
-            extra_body={"return_token_ids": True, "ignore_eos": True},
-        )
-        return list(reply.choices[0].token_ids)
+        return video_tokens(url, tiny_model_dir, prompt, num_tokens)
 
     with ThreadPoolExecutor(len(video_prompts)) as pool:
         served = list(pool.map(ask, video_prompts))
