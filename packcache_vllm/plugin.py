@@ -17,6 +17,7 @@ def register() -> None:
     global _registered
     if _registered:
         return
+    from packcache_vllm import metrics
     from packcache_vllm.engine import compat
     from packcache_vllm.model.config_hook import (
         LUMOS_ARCHITECTURE,
@@ -28,5 +29,6 @@ def register() -> None:
     compat.register_config_hook(LUMOS_ARCHITECTURE, LumosConfigHook)
     compat.install_cli_hooks()  # --kv-policy and --packcache-* on `vllm serve`
     compat.install_request_checks()  # bad per-request overrides / prompts: HTTP 400
+    metrics.register_collector(metrics.ensure_metrics_dir())  # packcache:* on /metrics
     _registered = True
     logger.debug("packcache_vllm registered %s", LUMOS_ARCHITECTURE)

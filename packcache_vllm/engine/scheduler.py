@@ -37,6 +37,13 @@ from packcache_vllm.engine.requests import (
     request_policy,
     video_layout,
 )
+from packcache_vllm.metrics import (
+    EngineCounters,
+    EngineSnapshot,
+    RequestKVStats,
+    SnapshotPublisher,
+    ensure_metrics_dir,
+)
 from packcache_vllm.model.config_hook import frame_grid
 
 logger = compat.vllm_logger(__name__)
@@ -76,7 +83,10 @@ class PackCacheScheduler(Scheduler):
             self.block_manager, self.evicted_tokens_of, lambda rid: self.admission_blocks_of(rid)
         )
         check_engine_supports(self.packcache)
-        logger.info("PackCache scheduler: %s", self.packcache)
+        self.counters = EngineCounters()
+        engine = str(self.vllm_config.parallel_config.data_parallel_rank)
+        self.publisher = SnapshotPublisher(engine, ensure_metrics_dir())
+        logger.info("PackCache scheduler: %s (counters on /metrics as packcache:*)", self.packcache)
 
     def evicted_tokens_of(self, request_id: str) -> int:
         kv = self.request_kv.get(request_id)
@@ -105,7 +115,20 @@ class PackCacheScheduler(Scheduler):
         for request_id in self.preempted_this_step:
             plans.pop(request_id, None)  # its blocks are gone; it will recompute from scratch
         compat.attach_plans(output, plans)
+        self.publish_counters(force=bool(plans or self.preempted_this_step))
         return output
+
+    def publish_counters(self, *, force: bool) -> None:
+        requests = {
+            request_id: RequestKVStats(
+                physical_tokens=self.requests[request_id].num_computed_tokens - kv.evicted_tokens,
+                evicted_tokens=kv.evicted_tokens,
+            )
+            for request_id, kv in self.request_kv.items()
+            if request_id in self.requests
+        }
+        snapshot = EngineSnapshot(self.publisher.engine, self.counters, requests)
+        self.publisher.publish(snapshot, force=force)
 
     def compact_completed_frames(self) -> dict[str, WorkerPlan]:
         plans = {}
@@ -135,6 +158,12 @@ class PackCacheScheduler(Scheduler):
         freed = blocks[plan.num_blocks_kept :]
         del blocks[plan.num_blocks_kept :]
         self.kv_cache_manager.block_pool.free_blocks(reversed(freed))
+        self.counters.add_compaction(
+            evicted=plan.evicted_tokens - kv.evicted_tokens,
+            freed=len(freed),
+            moved=plan.num_moves,
+            dropped=plan.dropped_frames - kv.state.dropped_frames,
+        )
         kv.state, kv.evicted_tokens = plan.new_state, plan.evicted_tokens
         logger.debug(
             "packcache %s: %d frames complete, %d dropped, E=%d, %d moves, %d blocks freed, "
@@ -185,6 +214,7 @@ class PackCacheScheduler(Scheduler):
         self.request_kv.pop(request.request_id, None)
         self.preempted_this_step.add(request.request_id)
         self.preempted_requests.append(request.request_id)
+        self.counters.preemptions += 1
         logger.warning(
             "packcache: request %s preempted; it restarts with an unpacked cache, so its "
             "continuation can differ from an uninterrupted run (give the KV pool more room)",
@@ -193,5 +223,10 @@ class PackCacheScheduler(Scheduler):
         super()._preempt_request(request, timestamp, *args, **kwargs)
 
     def _free_request(self, request, *args, **kwargs):
-        self.request_kv.pop(request.request_id, None)
+        if self.request_kv.pop(request.request_id, None) is not None:
+            self.publish_counters(force=True)  # the request leaves the per-request gauges
         return super()._free_request(request, *args, **kwargs)
+
+    def shutdown(self) -> None:
+        self.publisher.remove()  # a stopped engine's totals leave /metrics with it
+        super().shutdown()

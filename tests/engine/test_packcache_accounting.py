@@ -4,6 +4,7 @@ and every block back in the pool after requests finish or are aborted mid-frame.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -42,14 +43,18 @@ def test_blocks_stay_bounded_flat_and_return(engine, video_prompts, per_frame):
     scheduler = scheduler_of(engine)
     pool = scheduler.kv_cache_manager.block_pool
     free_at_start = pool.get_num_free_blocks()
+    counters_at_start = replace(scheduler.counters)
     add_video_requests(engine, video_prompts, "acct-", NUM_FRAMES, per_frame)
     bound = {
         r.request_id: math.ceil((r.num_prompt_tokens + (WINDOW + 1) * per_frame) / BLOCK_SIZE)
         for r in scheduler.waiting
     }
     history: dict[str, list[tuple[int, int]]] = {rid: [] for rid in bound}
+    final_kv: dict[str, tuple[int, int]] = {}  # request -> (E, dropped frames) last seen
     while engine.has_unfinished_requests():
         engine.step()
+        for request_id, kv in scheduler.request_kv.items():
+            final_kv[request_id] = (kv.evicted_tokens, kv.state.dropped_frames)
         for request in scheduler.running:
             blocks = held_blocks(scheduler)[request.request_id]
             assert blocks <= bound[request.request_id], f"{request.request_id} exceeds its bound"
@@ -61,6 +66,22 @@ def test_blocks_stay_bounded_flat_and_return(engine, video_prompts, per_frame):
         # flat: once the window has filled, growing the video does not grow the cache
         assert max(settled) == max(blocks for frame, blocks in samples if frame == WINDOW + 2)
     assert pool.get_num_free_blocks() == free_at_start
+    check_counters(scheduler, counters_at_start, final_kv)
+
+
+def check_counters(scheduler, at_start, final_kv: dict[str, tuple[int, int]]) -> None:
+    """The scheduler's counters grew by exactly what its requests evicted and dropped, and the
+    snapshot it published for /metrics says the same (with no request left running)."""
+    from packcache_vllm.metrics import EngineSnapshot
+
+    counters = scheduler.counters
+    assert counters.evicted_tokens - at_start.evicted_tokens == sum(e for e, _ in final_kv.values())
+    assert counters.dropped_frames - at_start.dropped_frames == sum(d for _, d in final_kv.values())
+    assert counters.blocks_freed > at_start.blocks_freed
+    assert counters.moved_tokens > at_start.moved_tokens
+    published = EngineSnapshot.from_json(scheduler.publisher.path.read_text())
+    assert published.counters == counters
+    assert published.requests == {}
 
 
 def test_abort_mid_frame_returns_every_block(engine, video_prompts, per_frame):

@@ -47,7 +47,8 @@ def wait_until_healthy(proc: subprocess.Popen, url: str, log_path: Path) -> None
 def running_server(model_dir, log_path: Path, *extra_args: str):
     """`vllm serve` as a subprocess in its own session; yields its /v1 URL; stops it by its PID."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    inherited_only_here = ("VLLM_ENABLE_V1_MULTIPROCESSING", "PACKCACHE_METRICS_DIR")
+    env = {k: v for k, v in os.environ.items() if k not in inherited_only_here}
     env["VLLM_CPU_KVCACHE_SPACE"] = "1"
     command = [
         str(Path(sys.executable).parent / "vllm"), "serve", str(model_dir),
@@ -86,6 +87,26 @@ def test_text_completion(server, tiny_model_dir):
     )
     assert reply.usage.completion_tokens == 8
     assert isinstance(reply.choices[0].text, str)
+
+
+def scrape_metrics(base_url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """The server's ``/metrics``: metric sample name -> [(labels, value)]."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    root = base_url.removesuffix("/v1")
+    with urllib.request.urlopen(f"{root}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def test_metrics_without_policy_are_vllms_own(server):
+    samples = scrape_metrics(server)
+    assert any(name.startswith("vllm:") for name in samples)
+    assert not [name for name in samples if name.startswith("packcache:")]
 
 
 def video_tokens(base_url: str, model, prompt: list[int], max_tokens: int, **extra_body) -> list:

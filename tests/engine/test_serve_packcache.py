@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from packcache_vllm.core.budget import PackCacheConfig
-from tests.engine.test_serve import running_server, video_tokens
+from tests.engine.test_serve import running_server, scrape_metrics, video_tokens
 
 pytestmark = pytest.mark.server
 
@@ -38,10 +38,34 @@ def test_concurrent_requests_match_reference(packcache_server, tiny_model_dir, v
     with ThreadPoolExecutor(len(video_prompts)) as pool:
         served = list(pool.map(ask, video_prompts))
     config = PackCacheConfig.preset("packcache", window=WINDOW, min_keep=MIN_KEEP)
-    for prompt, layout, tokens in zip(video_prompts, layouts, served, strict=True):
-        expected = reference.generate(prompt, layout, num_tokens, PackCachePolicy(config))
-        assert tuple(tokens) == expected.token_ids
+    expected = [
+        reference.generate(prompt, layout, num_tokens, PackCachePolicy(config))
+        for prompt, layout in zip(video_prompts, layouts, strict=True)
+    ]
+    for tokens, result in zip(served, expected, strict=True):
+        assert tuple(tokens) == result.token_ids
     assert "PackCacheScheduler" in log_path.read_text()
+    check_metrics_match_reference(scrape_metrics(url), expected)
+
+
+def check_metrics_match_reference(samples, expected) -> None:
+    """/metrics after the videos finished: what was evicted and dropped equals what the dense
+    reference evicted (its last step attended to the final cache), and no request is listed."""
+
+    def total(name: str) -> float:
+        return sum(value for _, value in samples[name])
+
+    last_steps = [result.steps[-1] for result in expected]
+    assert total("packcache:evicted_tokens_total") == sum(
+        step.index - len(step.kept_indices) for step in last_steps
+    )
+    assert total("packcache:dropped_frames_total") == sum(s.dropped_frames for s in last_steps)
+    assert total("packcache:blocks_freed_total") > 0
+    assert total("packcache:moved_tokens_total") > 0
+    # one per completed frame; the last frame's last token is sampled, never fed back
+    assert total("packcache:compactions_total") == len(expected) * (FRAMES - 1)
+    assert total("packcache:preemptions_total") == 0
+    assert not samples.get("packcache:request_physical_tokens")
 
 
 def test_bad_requests_get_http_400_and_the_server_keeps_serving(

@@ -1,0 +1,215 @@
+"""Counters of what the PackCache policy did, scrapeable on vLLM's own ``/metrics``.
+
+The scheduler (in vLLM's engine-core process) keeps running totals per engine and publishes a
+small JSON snapshot to ``$PACKCACHE_METRICS_DIR/<engine>.json`` when they change; the process
+that serves ``/metrics`` (the API server) has a Prometheus collector that reads those files at
+scrape time. A file is the simplest channel that works the same in one-process mode, in
+``vllm serve``'s multi-process mode, and with several engines (data parallel): vLLM's own stats
+path carries only its fixed ``SchedulerStats`` fields from the engine core to the API server.
+
+Exported (``engine`` label = the data-parallel rank, summed over engines of that rank):
+    packcache:compactions_total        frame completions that re-packed a request's cache
+    packcache:evicted_tokens_total     tokens removed from caches (all requests, ever)
+    packcache:blocks_freed_total       KV blocks returned to vLLM's pool by compaction
+    packcache:moved_tokens_total       token slots copied while packing (every layer moves each)
+    packcache:dropped_frames_total     generated frames that left a cache entirely
+    packcache:preemptions_total        packcache requests preempted (they restart unpacked)
+    packcache:request_physical_tokens  per running request: tokens its cache holds now
+    packcache:request_evicted_tokens   per running request: tokens evicted from it so far
+
+``register()`` (plugin.py) makes the directory in the first vLLM process (children inherit the
+variable) and registers the collector in every process (only the API server serves it). With
+``--kv-policy none`` no scheduler writes a file, so ``/metrics`` is exactly vLLM's. Works with
+one API server; with ``--api-server-count`` > 1 vLLM serves a multi-process registry that does
+not include this collector.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+METRICS_DIR_ENV = "PACKCACHE_METRICS_DIR"
+METRIC_PREFIX = "packcache:"
+COUNTER_HELP = {
+    "compactions": "Frame completions that re-packed a request's KV cache.",
+    "evicted_tokens": "Tokens evicted from KV caches by the PackCache policy.",
+    "blocks_freed": "KV blocks returned to vLLM's block pool by compaction.",
+    "moved_tokens": "Token slots copied while packing kept tokens (per layer).",
+    "dropped_frames": "Generated frames that left a request's cache entirely.",
+    "preemptions": "PackCache requests preempted (they restart with an unpacked cache).",
+}
+_snapshot_names = itertools.count()
+
+
+@dataclass
+class EngineCounters:
+    """Running totals of one engine's scheduler (mutable: they grow every compaction)."""
+
+    compactions: int = 0
+    evicted_tokens: int = 0
+    blocks_freed: int = 0
+    moved_tokens: int = 0
+    dropped_frames: int = 0
+    preemptions: int = 0
+
+    def add_compaction(self, *, evicted: int, freed: int, moved: int, dropped: int) -> None:
+        self.compactions += 1
+        self.evicted_tokens += evicted
+        self.blocks_freed += freed
+        self.moved_tokens += moved
+        self.dropped_frames += dropped
+
+
+@dataclass(frozen=True)
+class RequestKVStats:
+    physical_tokens: int
+    evicted_tokens: int
+
+
+@dataclass(frozen=True)
+class EngineSnapshot:
+    """What one engine publishes: its totals and its running requests."""
+
+    engine: str
+    counters: EngineCounters
+    requests: dict[str, RequestKVStats] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> EngineSnapshot:
+        raw = json.loads(text)
+        return cls(
+            engine=raw["engine"],
+            counters=EngineCounters(**raw["counters"]),
+            requests={rid: RequestKVStats(**stats) for rid, stats in raw["requests"].items()},
+        )
+
+
+# --- the directory --------------------------------------------------------------------------
+
+
+def metrics_dir() -> Path | None:
+    value = os.environ.get(METRICS_DIR_ENV)
+    return Path(value) if value else None
+
+
+def ensure_metrics_dir() -> Path:
+    """The directory of this process tree's snapshots: made by the first process that asks
+    (and removed when it exits), inherited by the processes it starts."""
+    existing = metrics_dir()
+    if existing is not None:
+        existing.mkdir(parents=True, exist_ok=True)
+        return existing
+    path = Path(tempfile.mkdtemp(prefix="packcache-metrics-"))
+    os.environ[METRICS_DIR_ENV] = str(path)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+# --- engine side: publishing -----------------------------------------------------------------
+
+
+class SnapshotPublisher:
+    """Writes one engine's snapshot atomically; at most every ``min_interval_s`` unless forced."""
+
+    def __init__(self, engine: str, directory: Path, min_interval_s: float = 0.5) -> None:
+        self.engine = engine
+        self.path = directory / f"{engine}-{os.getpid()}-{next(_snapshot_names)}.json"
+        self.min_interval_s = min_interval_s
+        self.last_write = float("-inf")
+
+    def publish(self, snapshot: EngineSnapshot, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_write < self.min_interval_s:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(snapshot.to_json())
+        os.replace(tmp, self.path)
+        self.last_write = now
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def read_snapshots(directory: Path | None = None) -> list[EngineSnapshot]:
+    """Every engine snapshot in ``directory`` (default: this process tree's)."""
+    directory = directory or metrics_dir()
+    if directory is None or not directory.is_dir():
+        return []
+    return [EngineSnapshot.from_json(p.read_text()) for p in sorted(directory.glob("*.json"))]
+
+
+def total_counters(directory: Path | None = None) -> EngineCounters:
+    """The counters summed over every engine that published to ``directory``."""
+    total = EngineCounters()
+    for snapshot in read_snapshots(directory):
+        for name, value in asdict(snapshot.counters).items():
+            setattr(total, name, getattr(total, name) + value)
+    return total
+
+
+# --- API-server side: the Prometheus collector ----------------------------------------------
+
+
+class PackCacheCollector:
+    """A prometheus_client collector over the snapshot files (read at scrape time)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        snapshots = read_snapshots(self.directory)
+        if not snapshots:
+            return
+        for name, help_text in COUNTER_HELP.items():
+            family = CounterMetricFamily(METRIC_PREFIX + name, help_text, labels=["engine"])
+            for engine, value in _sum_by_engine(snapshots, name).items():
+                family.add_metric([engine], value)
+            yield family
+        for stat in ("physical_tokens", "evicted_tokens"):
+            family = GaugeMetricFamily(
+                f"{METRIC_PREFIX}request_{stat}",
+                f"Per running request: {stat.replace('_', ' ')} of its KV cache.",
+                labels=["engine", "request_id"],
+            )
+            for snapshot in snapshots:
+                for request_id, stats in snapshot.requests.items():
+                    family.add_metric([snapshot.engine, request_id], getattr(stats, stat))
+            yield family
+
+
+def _sum_by_engine(snapshots: list[EngineSnapshot], counter: str) -> dict[str, int]:
+    sums: dict[str, int] = {}
+    for snapshot in snapshots:
+        sums[snapshot.engine] = sums.get(snapshot.engine, 0) + getattr(snapshot.counters, counter)
+    return sums
+
+
+_collector: PackCacheCollector | None = None
+
+
+def register_collector(directory: Path) -> None:
+    """Put the collector on prometheus_client's default registry (the one vLLM's ``/metrics``
+    serves), once per process."""
+    global _collector
+    if _collector is not None:
+        return
+    from prometheus_client import REGISTRY
+
+    _collector = PackCacheCollector(directory)
+    REGISTRY.register(_collector)
