@@ -369,7 +369,8 @@ def remask_noise(
     Returns [B, F] float32."""
     ratio = (step + 1).float() / knobs.steps_per_frame.float()
     scale = (knobs.temperature * (1.0 - ratio)).to(gumbel_u.device)
-    gumbel = -torch.log(-torch.log(gumbel_u.clamp(min=LOG_EPS)).clamp(min=LOG_EPS))
+    neg_log_u = (-torch.log(gumbel_u.clamp(min=LOG_EPS))).clamp(min=LOG_EPS)
+    gumbel = -torch.log(neg_log_u)
     return scale[:, None] * gumbel
 
 
@@ -377,6 +378,8 @@ def rank_keys(confidence: torch.Tensor, candidates: torch.Tensor) -> torch.Tenso
     """Tie-robust ranking keys. confidence: [B, F] float32; candidates: [B, F] bool. Returns
     [B, F] int64, unique per row: higher = more confident = fixed first; the quantised confidence
     decides, then the lower position wins; non-candidates rank above every candidate."""
+    if torch.isnan(confidence).any():
+        raise ValueError("re-masking confidence is NaN: the logits hold NaN")
     num_positions = confidence.shape[-1]
     bucket = torch.round(confidence.double() / CONFIDENCE_QUANTUM).long()
     position = torch.arange(num_positions, device=confidence.device)
