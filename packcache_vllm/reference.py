@@ -725,16 +725,26 @@ class ReferenceVideoModel:
         dropped_frames: int,
         *,
         keys_rotated: bool = False,
+        allowed: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Forward new tokens ``ids`` [N] at logical ``index`` [N] (ascending, after the cache)
         through every layer, appending their K/V to ``cache``. Positions are rebased by
         ``dropped_frames``; ``keys_rotated``: the cache holds rotated keys (else pre-RoPE keys,
-        rotated here at their current positions). Returns the final-normed hidden states [N, D]."""
+        rotated here at their current positions). ``allowed``: [N, M] bool over the M = cached +
+        N keys each new token may attend to; None: causal by logical index. Returns the
+        final-normed hidden states [N, D]."""
         all_index = torch.cat([cache.indices, index])
+        if allowed is None:
+            allowed = all_index[None, :] <= index[:, None]  # causal by logical index
+        if allowed.shape != (index.numel(), all_index.numel()):
+            raise ValueError(
+                f"allowed must be [{index.numel()}, {all_index.numel()}] (new x cached + new "
+                f"tokens), got {list(allowed.shape)}"
+            )
         step = StepPositions(
             query=self.rope.cos_sin(layout.positions(index, dropped_frames)),
             keys=self.rope.cos_sin(layout.positions(all_index, dropped_frames)),
-            allowed=all_index[None, :] <= index[:, None],  # causal by logical index
+            allowed=allowed,
             keys_rotated=keys_rotated,
         )
         x = self.weights.embed[ids]

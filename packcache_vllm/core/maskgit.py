@@ -1,8 +1,8 @@
 """Lumos-1's frame-parallel (AR-DF) MaskGIT sampler, batched over requests, in plain torch.
 
 One latent frame is a *canvas* of F tokens (``layout.tokens_per_frame``). Its layout tokens
-(``<break>``, the two grid tokens, one newline per row, ``<eoss>``) are pinned: they are written once
-from ``frame_template`` and never masked. Its R x C visual cells start as ``<mask>`` and are filled
+(``<break>``, the two grid tokens, one newline per row, ``<eoss>``) are pinned: written once by
+``frame_template`` and never masked. Its R x C visual cells start as ``<mask>`` and are filled
 in S steps. Step s (0-based) of S:
 
 1. CFG: ``logits = u + cfg * (c - u)`` from the conditioned and the unconditional twin's logits,
@@ -316,9 +316,7 @@ def guided_logits(
     return uncond.float() + scale * (cond.float() - uncond.float())
 
 
-def restrict_to_visual(
-    logits: torch.Tensor, tokens: LumosTokenIds = LUMOS_TOKENS
-) -> torch.Tensor:
+def restrict_to_visual(logits: torch.Tensor, tokens: LumosTokenIds = LUMOS_TOKENS) -> torch.Tensor:
     """[..., V] full-vocabulary logits -> [..., V - visual_base]: column k is the visual token
     ``visual_base + k`` (Lumos-1 suppresses every other id)."""
     if logits.shape[-1] <= tokens.visual_base:
@@ -362,9 +360,7 @@ def draw_visual_codes(
     )
 
 
-def remask_noise(
-    gumbel_u: torch.Tensor, step: torch.Tensor, knobs: SamplerKnobs
-) -> torch.Tensor:
+def remask_noise(gumbel_u: torch.Tensor, step: torch.Tensor, knobs: SamplerKnobs) -> torch.Tensor:
     """Annealed Gumbel noise ``temperature * (1 - (s+1)/S) * g``. gumbel_u: [B, F]; step: [B].
     Returns [B, F] float32."""
     ratio = (step + 1).float() / knobs.steps_per_frame.float()

@@ -178,8 +178,13 @@ def test_drawn_tokens_are_visual_ids_within_top_k():
     cond = random_logits(1, 5)
     noise = draw_step_noise([request_generator(params)], F)
     update = denoise_step(
-        cond, None, frame_template(ROWS, COLS)[None], visual_cells(ROWS, COLS),
-        torch.tensor([0]), knobs_for(params), noise,
+        cond,
+        None,
+        frame_template(ROWS, COLS)[None],
+        visual_cells(ROWS, COLS),
+        torch.tensor([0]),
+        knobs_for(params),
+        noise,
     )
     codes = update.drawn_ids[0] - LUMOS_TOKENS.visual_base
     top3 = cond[0].topk(3, dim=-1).indices
@@ -191,8 +196,13 @@ def test_temperature_zero_draws_the_argmax():
     cond = random_logits(1, 6)
     noise = draw_step_noise([request_generator(params)], F)
     update = denoise_step(
-        cond, None, frame_template(ROWS, COLS)[None], visual_cells(ROWS, COLS),
-        torch.tensor([0]), knobs_for(params), noise,
+        cond,
+        None,
+        frame_template(ROWS, COLS)[None],
+        visual_cells(ROWS, COLS),
+        torch.tensor([0]),
+        knobs_for(params),
+        noise,
     )
     assert torch.equal(update.drawn_ids[0] - LUMOS_TOKENS.visual_base, cond[0].argmax(-1))
 
@@ -228,8 +238,13 @@ def test_requests_in_a_batch_are_independent():
     canvas_b = frame_template(ROWS, COLS)
     canvas_b[3:6] = LUMOS_TOKENS.visual_base + 7
     alone = denoise_step(
-        random_logits(1, 1), random_logits(1, 2), frame_template(ROWS, COLS)[None], cells,
-        torch.tensor([0]), knobs_for(a), draw_step_noise([request_generator(a)], F),
+        random_logits(1, 1),
+        random_logits(1, 2),
+        frame_template(ROWS, COLS)[None],
+        cells,
+        torch.tensor([0]),
+        knobs_for(a),
+        draw_step_noise([request_generator(a)], F),
     )
     batched = denoise_step(
         torch.cat([random_logits(1, 1), random_logits(1, 3)]),
@@ -256,8 +271,13 @@ def test_ties_are_broken_by_position():
     zeros = StepNoise(sample_u=torch.zeros(1, F), gumbel_u=torch.full((1, F), 0.5))
     results = [
         denoise_step(
-            logits, None, frame_template(ROWS, COLS)[None], cells, torch.tensor([0]),
-            knobs_for(params), zeros,
+            logits,
+            None,
+            frame_template(ROWS, COLS)[None],
+            cells,
+            torch.tensor([0]),
+            knobs_for(params),
+            zeros,
         ).newly_fixed[0]
         for logits in (flat, jitter)
     ]
