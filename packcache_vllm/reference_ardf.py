@@ -40,6 +40,7 @@ from packcache_vllm.core.budget import PackCacheConfig
 from packcache_vllm.core.layout import LUMOS_TOKENS, FrameLayout, find_frame_start
 from packcache_vllm.core.maskgit import (
     ARDFSamplingParams,
+    CanvasProgress,
     SamplerKnobs,
     apply_history_mask,
     denoise_step,
@@ -237,8 +238,8 @@ def generate_ardf(
     generator = request_generator(params)
     knobs = SamplerKnobs.from_params([params], model.config.vocab_size - LUMOS_TOKENS.visual_base)
     frames = []
-    for _ in range(num_frames):
-        frame = denoise_frame(twins, knobs, generator, commit_mask, attention)
+    for frame_index in range(num_frames):
+        frame = denoise_frame(twins, knobs, generator, frame_index, commit_mask, attention)
         for session in twins.all():
             session.commit(torch.tensor(frame.token_ids), commit_mask, attention)
         frames.append(frame)
@@ -272,11 +273,13 @@ def denoise_frame(
     twins: Twins,
     knobs: SamplerKnobs,
     generator: torch.Generator,
+    frame_index: int,
     commit_mask: torch.Tensor,
     attention: FrameAttention,
 ) -> FrameRecord:
-    """Fill one canvas in ``knobs.steps_per_frame`` steps (one request). Returns its record,
-    committed_ids included (the commit itself is the caller's). commit_mask: [F] bool."""
+    """Fill one canvas in ``knobs.steps_per_frame`` steps (one request; ``frame_index``: frames
+    it generated before). Returns its record, committed_ids included (the commit itself is the
+    caller's). commit_mask: [F] bool."""
     layout = twins.cond.layout
     cells = visual_cells(layout.rows, layout.cols)
     canvas = frame_template(layout.rows, layout.cols)
@@ -290,7 +293,7 @@ def denoise_frame(
             None if uncond is None else uncond[None],
             canvas[None],
             cells,
-            torch.tensor([step]),
+            CanvasProgress.at([step], [frame_index]),
             knobs,
             noise,
         )

@@ -10,7 +10,7 @@ in S steps. Step s (0-based) of S:
 2. Every position draws a visual token from the top-k of softmax(logits / temperature) (argmax
    when temperature is 0), by inverse CDF from one uniform per position.
 3. Confidence of a still-masked cell = log p(drawn token) under softmax(top-k logits)
-   + ``temperature * (1 - (s+1)/S)`` * Gumbel noise (Lumos-1's annealed ``mask_by_random_topk``).
+   + annealed Gumbel noise (Lumos-1's ``mask_by_random_topk``; scale: ``remask_noise_scale``).
 4. The schedule fixes how many cells stay masked after the step (``masked_after_step``); the
    least confident ones are re-masked, every other masked cell takes its drawn token for good.
    After step S-1 none stays masked.
@@ -360,14 +360,41 @@ def draw_visual_codes(
     )
 
 
-def remask_noise(gumbel_u: torch.Tensor, step: torch.Tensor, knobs: SamplerKnobs) -> torch.Tensor:
-    """Annealed Gumbel noise ``temperature * (1 - (s+1)/S) * g``. gumbel_u: [B, F]; step: [B].
+@dataclass(frozen=True)
+class CanvasProgress:
+    """Where B canvases are. step: [B] int64, the step within the frame (0 .. S-1);
+    frame: [B] int64, how many frames the request generated before this one (0: its first)."""
+
+    step: torch.Tensor
+    frame: torch.Tensor
+
+    @classmethod
+    def at(cls, steps: Sequence[int], frames: Sequence[int]) -> CanvasProgress:
+        return cls(torch.tensor(list(steps)), torch.tensor(list(frames)))
+
+
+def remask_noise_scale(progress: CanvasProgress, knobs: SamplerKnobs) -> torch.Tensor:
+    """[B] float32 scale of the Gumbel noise in the re-masking confidence, as Lumos-1 computes
+    it: its loop multiplies its temperature variable in place by (1 - (s+1)/S) at every step and
+    never resets it, so after step s of the first generated frame the scale is
+    ``T * prod_{j=1}^{s+1} (1 - j/S)``; the last step of that frame brings it to 0, so later
+    frames re-mask by confidence alone."""
+    steps = knobs.steps_per_frame.double()[:, None]
+    j = torch.arange(1, int(knobs.steps_per_frame.max()) + 1, dtype=torch.float64)[None, :]
+    applied = j <= (progress.step + 1).double()[:, None]
+    factors = torch.where(applied, 1.0 - j / steps, torch.ones_like(j))
+    scale = knobs.temperature.double() * factors.prod(dim=-1)
+    return torch.where(progress.frame == 0, scale, torch.zeros_like(scale)).float()
+
+
+def remask_noise(
+    gumbel_u: torch.Tensor, progress: CanvasProgress, knobs: SamplerKnobs
+) -> torch.Tensor:
+    """Gumbel noise ``remask_noise_scale * g``, g = -log(-log(u)). gumbel_u: [B, F].
     Returns [B, F] float32."""
-    ratio = (step + 1).float() / knobs.steps_per_frame.float()
-    scale = (knobs.temperature * (1.0 - ratio)).to(gumbel_u.device)
+    scale = remask_noise_scale(progress, knobs).to(gumbel_u.device)
     neg_log_u = (-torch.log(gumbel_u.clamp(min=LOG_EPS))).clamp(min=LOG_EPS)
-    gumbel = -torch.log(neg_log_u)
-    return scale[:, None] * gumbel
+    return scale[:, None] * -torch.log(neg_log_u)
 
 
 def rank_keys(confidence: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -404,7 +431,7 @@ def denoise_step(
     uncond_logits: torch.Tensor | None,
     canvas: torch.Tensor,
     cells: torch.Tensor,
-    step: torch.Tensor,
+    progress: CanvasProgress,
     knobs: SamplerKnobs,
     noise: StepNoise,
     tokens: LumosTokenIds = LUMOS_TOKENS,
@@ -414,16 +441,17 @@ def denoise_step(
     cond_logits, uncond_logits: [B, F, V] visual logits of the conditioned / unconditional twin
     at every canvas position (uncond None: no guidance). canvas: [B, F] int64 current canvases
     (``frame_template`` then earlier steps' output). cells: [F] bool, the visual cells
-    (``visual_cells``; every other position is pinned). step: [B] int64, each request's step
-    within its frame (0 .. S-1). knobs, noise: for the same B rows."""
+    (``visual_cells``; every other position is pinned). progress, knobs, noise: for the same
+    B rows."""
     cells = cells.to(canvas.device)
     candidates = cells[None, :] & (canvas == tokens.mask)  # [B, F] cells still masked
     logits = guided_logits(cond_logits, uncond_logits, knobs.cfg_scale)
     drawn = draw_visual_codes(logits, knobs, noise.sample_u)
     drawn_ids = drawn.codes + tokens.visual_base
-    confidence = drawn.log_prob + remask_noise(noise.gumbel_u, step, knobs)
+    confidence = drawn.log_prob + remask_noise(noise.gumbel_u, progress, knobs)
     num_cells = int(cells.sum())
-    keep = masked_after_step(step.to(canvas.device), knobs, num_cells, candidates.sum(-1))
+    step = progress.step.to(canvas.device)
+    keep = masked_after_step(step, knobs, num_cells, candidates.sum(-1))
     rank = _ascending_rank(rank_keys(confidence, candidates))
     stays_masked = candidates & (rank < keep[:, None])
     newly_fixed = candidates & ~stays_masked

@@ -10,6 +10,7 @@ import torch
 from packcache_vllm.core.layout import LUMOS_TOKENS, tokens_per_frame
 from packcache_vllm.core.maskgit import (
     ARDFSamplingParams,
+    CanvasProgress,
     SamplerKnobs,
     StepNoise,
     apply_history_mask,
@@ -19,6 +20,7 @@ from packcache_vllm.core.maskgit import (
     guided_logits,
     history_mask,
     rank_keys,
+    remask_noise_scale,
     request_generator,
     restrict_to_visual,
     schedule_table,
@@ -50,7 +52,13 @@ def run_frame(params: ARDFSamplingParams, logits_seed: int = 0):
         cond, uncond = random_logits(1, logits_seed + 2 * step), random_logits(1, 99 + step)
         noise = draw_step_noise([generator], F)
         update = denoise_step(
-            cond, uncond, canvas, visual_cells(ROWS, COLS), torch.tensor([step]), knobs, noise
+            cond,
+            uncond,
+            canvas,
+            visual_cells(ROWS, COLS),
+            CanvasProgress.at([step], [0]),
+            knobs,
+            noise,
         )
         canvas = update.canvas
         fixed.append(update.newly_fixed[0])
@@ -173,38 +181,42 @@ def test_restrict_to_visual_keeps_visual_columns():
         restrict_to_visual(torch.zeros(1, 100))
 
 
-def test_drawn_tokens_are_visual_ids_within_top_k():
-    params = ARDFSamplingParams(steps_per_frame=1, top_k=3, seed=0)
-    cond = random_logits(1, 5)
-    noise = draw_step_noise([request_generator(params)], F)
-    update = denoise_step(
+def first_step(params: ARDFSamplingParams, cond: torch.Tensor):
+    """Step 0 of a fresh canvas for one request, without guidance."""
+    return denoise_step(
         cond,
         None,
         frame_template(ROWS, COLS)[None],
         visual_cells(ROWS, COLS),
-        torch.tensor([0]),
+        CanvasProgress.at([0], [0]),
         knobs_for(params),
-        noise,
+        draw_step_noise([request_generator(params)], F),
     )
+
+
+def test_drawn_tokens_are_visual_ids_within_top_k():
+    cond = random_logits(1, 5)
+    update = first_step(ARDFSamplingParams(steps_per_frame=1, top_k=3, seed=0), cond)
     codes = update.drawn_ids[0] - LUMOS_TOKENS.visual_base
     top3 = cond[0].topk(3, dim=-1).indices
     assert (codes[:, None] == top3).any(dim=-1).all()
 
 
 def test_temperature_zero_draws_the_argmax():
-    params = ARDFSamplingParams(steps_per_frame=1, temperature=0.0, seed=0)
     cond = random_logits(1, 6)
-    noise = draw_step_noise([request_generator(params)], F)
-    update = denoise_step(
-        cond,
-        None,
-        frame_template(ROWS, COLS)[None],
-        visual_cells(ROWS, COLS),
-        torch.tensor([0]),
-        knobs_for(params),
-        noise,
-    )
+    update = first_step(ARDFSamplingParams(steps_per_frame=1, temperature=0.0, seed=0), cond)
     assert torch.equal(update.drawn_ids[0] - LUMOS_TOKENS.visual_base, cond[0].argmax(-1))
+
+
+def test_remask_noise_anneals_within_the_first_frame_only():
+    """Lumos-1 multiplies its temperature by (1 - (s+1)/S) at every step, never resetting it."""
+    params = ARDFSamplingParams(steps_per_frame=4, temperature=2.0)
+    knobs = knobs_for(params, params, params)
+    scale = remask_noise_scale(CanvasProgress.at([0, 2, 1], [0, 0, 1]), knobs)
+    expected = [2.0 * 0.75, 2.0 * 0.75 * 0.5 * 0.25, 0.0]
+    assert torch.allclose(scale, torch.tensor(expected))
+    last = remask_noise_scale(CanvasProgress.at([3], [0]), knobs_for(params))
+    assert last.tolist() == [0.0]
 
 
 # --- whole frames -------------------------------------------------------------------------------
@@ -242,7 +254,7 @@ def test_requests_in_a_batch_are_independent():
         random_logits(1, 2),
         frame_template(ROWS, COLS)[None],
         cells,
-        torch.tensor([0]),
+        CanvasProgress.at([0], [0]),
         knobs_for(a),
         draw_step_noise([request_generator(a)], F),
     )
@@ -251,7 +263,7 @@ def test_requests_in_a_batch_are_independent():
         torch.cat([random_logits(1, 2), random_logits(1, 4)]),
         torch.stack([frame_template(ROWS, COLS), canvas_b]),
         cells,
-        torch.tensor([0, 5]),
+        CanvasProgress.at([0, 5], [0, 3]),
         knobs_for(a, b),
         draw_step_noise([request_generator(a), request_generator(b)], F),
     )
@@ -275,7 +287,7 @@ def test_ties_are_broken_by_position():
             None,
             frame_template(ROWS, COLS)[None],
             cells,
-            torch.tensor([0]),
+            CanvasProgress.at([0], [0]),
             knobs_for(params),
             zeros,
         ).newly_fixed[0]

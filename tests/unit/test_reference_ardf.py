@@ -14,6 +14,7 @@ from packcache_vllm.core.budget import PackCacheConfig
 from packcache_vllm.core.layout import LUMOS_TOKENS, FrameLayout, find_frame_start
 from packcache_vllm.core.maskgit import (
     ARDFSamplingParams,
+    CanvasProgress,
     SamplerKnobs,
     apply_history_mask,
     denoise_step,
@@ -177,7 +178,7 @@ def plain_ardf(model, prompt: list[int], num_frames: int, params: ARDFSamplingPa
     generator = request_generator(params)
     knobs = SamplerKnobs.from_params([params], model.config.vocab_size - LUMOS_TOKENS.visual_base)
     frames, fixed = [], []
-    for _ in range(num_frames):
+    for frame_index in range(num_frames):
         canvas, frame_fixed = frame_template(ROWS, COLS), []
         for step in range(params.steps_per_frame):
             update = denoise_step(
@@ -185,7 +186,7 @@ def plain_ardf(model, prompt: list[int], num_frames: int, params: ARDFSamplingPa
                 full_sequence_visual_logits(model, uncond + canvas.tolist())[None],
                 canvas[None],
                 visual_cells(ROWS, COLS),
-                torch.tensor([step]),
+                CanvasProgress.at([step], [frame_index]),
                 knobs,
                 draw_step_noise([generator], PER_FRAME),
             )
