@@ -8,7 +8,10 @@ For a prompt (text, ``<video_start>``, duration, fps, optional conditioning fram
 * uncond: the same video tokens without the text (``unconditional_prompt``: the prompt from its
   ``<video_start>`` on). It sees exactly the canvases and commits of the cond twin. Positions are
   its own sequence's (its global 3D offset is that of its first visual token). No twin is run
-  when ``cfg_scale`` is 1: the conditioned logits are used as they are.
+  when ``cfg_scale`` is 1: the conditioned logits are used as they are. (A comment in Lumos-1's
+  loop says it wants the uncond history to be all ``<mask>``, but its uncond sequence is a
+  tensor view of the cond sequence, so what it computes is the above: the same canvases and the
+  same masked commits.)
 
 Each twin's prefill forwards the text causally, then commits every conditioning frame like a
 finished frame. Then, per latent frame:

@@ -28,6 +28,19 @@ and step, never on which other requests share the batch or on the device.
 Committing a frame: Lumos-1 writes a finished frame to the KV cache from a copy in which a fixed,
 periodic ~70 % of its content positions (cells and newlines, offsets 3 .. F-2) are ``<mask>``
 (``history_mask``); the conditioning image is committed the same way.
+
+Where this differs from Lumos-1's code (``generate_maskedAR_mmrope_v8_newcache``):
+
+* top-k: Lumos-1 builds an image top-k 2000 processor but its masked loop only uses the
+  processor's suppression of non-visual ids; ``top_k=None`` reproduces that exactly.
+* temperature: Lumos-1 applies its temperature (1.0) only to the re-masking noise and draws from
+  softmax(logits); here it also divides the logits, which is the same at 1.0 and makes 0 a
+  deterministic argmax mode.
+* drawing: inverse CDF from the request's own uniforms instead of ``torch.multinomial``: the same
+  distribution, but independent of batch composition and device.
+* ranking: quantised confidence with a position tie-break instead of a raw ``<`` cut-off (which
+  masks fewer cells on exact ties).
+* history mask ratio 0 masks nothing (Lumos-1's formula masks at least one position).
 """
 
 from __future__ import annotations
@@ -379,12 +392,15 @@ def remask_noise_scale(progress: CanvasProgress, knobs: SamplerKnobs) -> torch.T
     never resets it, so after step s of the first generated frame the scale is
     ``T * prod_{j=1}^{s+1} (1 - j/S)``; the last step of that frame brings it to 0, so later
     frames re-mask by confidence alone."""
+    device = knobs.temperature.device
     steps = knobs.steps_per_frame.double()[:, None]
-    j = torch.arange(1, int(knobs.steps_per_frame.max()) + 1, dtype=torch.float64)[None, :]
-    applied = j <= (progress.step + 1).double()[:, None]
+    last = int(knobs.steps_per_frame.max())
+    j = torch.arange(1, last + 1, dtype=torch.float64, device=device)[None, :]
+    applied = j <= (progress.step.to(device) + 1).double()[:, None]
     factors = torch.where(applied, 1.0 - j / steps, torch.ones_like(j))
     scale = knobs.temperature.double() * factors.prod(dim=-1)
-    return torch.where(progress.frame == 0, scale, torch.zeros_like(scale)).float()
+    first_frame = progress.frame.to(device) == 0
+    return torch.where(first_frame, scale, torch.zeros_like(scale)).float()
 
 
 def remask_noise(
@@ -450,8 +466,9 @@ def denoise_step(
     drawn_ids = drawn.codes + tokens.visual_base
     confidence = drawn.log_prob + remask_noise(noise.gumbel_u, progress, knobs)
     num_cells = int(cells.sum())
-    step = progress.step.to(canvas.device)
-    keep = masked_after_step(step, knobs, num_cells, candidates.sum(-1))
+    step = progress.step.to(knobs.steps_per_frame.device)
+    keep = masked_after_step(step, knobs, num_cells, candidates.sum(-1).to(step.device))
+    keep = keep.to(canvas.device)
     rank = _ascending_rank(rank_keys(confidence, candidates))
     stays_masked = candidates & (rank < keep[:, None])
     newly_fixed = candidates & ~stays_masked
