@@ -1,0 +1,210 @@
+"""A trainable Lumos-1 (batched, differentiable) on the reference model's math, and its writer.
+
+The forward pass is ``reference.py``'s: ``rms_norm``, ``project_qkv`` (QK-norm), MM-RoPE
+``rotate`` at ``video_positions``, GQA softmax attention, ``mlp``, pre-norm layers. Only the
+attention call differs (a batched ``scaled_dot_product_attention`` with a [B, N, N] mask instead of
+``attend`` over one sequence); ``tests/unit/test_video_train.py`` checks both agree.
+
+Only the ids the data uses are trained (``ActiveVocab``: bytes, markers, palette codes). The other
+~65k ids of Lumos-1's vocabulary share one ``lm_head`` row, so the training loss is the exact
+full-vocabulary cross-entropy (their logits are equal: ``log(num_rest)`` is added once), and in
+the saved checkpoint their embeddings are zero and their ``lm_head`` rows that shared row. The
+file stays Lumos-1's full format (vocab 65536 + palette) and compresses to little in git.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from packcache_vllm.core.layout import video_positions
+from packcache_vllm.core.rope import MMRoPE, rotate
+from packcache_vllm.model.factory import TinyLumosSpec, lumos_config, make_tokenizer
+from packcache_vllm.reference import (
+    LAYER_KEYS,
+    LayerWeights,
+    ReferenceConfig,
+    mlp,
+    project_qkv,
+    rms_norm,
+)
+
+
+@dataclass(frozen=True)
+class ActiveVocab:
+    """The token ids that get their own embedding and lm_head rows, ascending."""
+
+    ids: tuple[int, ...]
+    vocab_size: int
+
+    def __post_init__(self) -> None:
+        if list(self.ids) != sorted(set(self.ids)):
+            raise ValueError("ActiveVocab.ids must be ascending and distinct")
+        if not self.ids or self.ids[0] < 0 or self.ids[-1] >= self.vocab_size:
+            raise ValueError(f"ActiveVocab.ids must lie in [0, {self.vocab_size})")
+
+    @property
+    def num_rest(self) -> int:
+        return self.vocab_size - len(self.ids)
+
+    def compact(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """token_ids: any shape of full-vocabulary ids -> same shape of row indices in [0, A)."""
+        ids = torch.tensor(self.ids, dtype=torch.int64)
+        token_ids = token_ids.contiguous()
+        rows = torch.searchsorted(ids, token_ids)
+        if (rows >= len(self.ids)).any() or (ids[rows.clamp(max=len(ids) - 1)] != token_ids).any():
+            bad = token_ids[~torch.isin(token_ids, ids)]
+            raise ValueError(
+                f"token ids outside the active vocabulary: {bad.unique()[:8].tolist()}"
+            )
+        return rows
+
+
+class TrainableLumos(nn.Module):
+    """Lumos-1 parameters over an ``ActiveVocab``, in float32.
+
+    Parameter names: ``embed`` [A, D], ``lm_head`` [A, D], ``lm_head_rest`` [D], ``norm`` [D],
+    and ``layers.{i}.{LayerWeights field}`` with LayerWeights' shapes.
+    """
+
+    def __init__(self, spec: TinyLumosSpec, vocab: ActiveVocab, seed: int = 0) -> None:
+        super().__init__()
+        if vocab.vocab_size != spec.vocab_size:
+            raise ValueError(f"vocab size {vocab.vocab_size} != the spec's {spec.vocab_size}")
+        self.spec = spec
+        self.vocab = vocab
+        self.config = ReferenceConfig.from_dict(lumos_config(spec))
+        self.rope = MMRoPE(self.config.head_dim, self.config.rope_theta)
+        self.init_parameters(torch.Generator().manual_seed(seed))
+
+    def init_parameters(self, gen: torch.Generator) -> None:
+        spec, d, num_active = self.spec, self.spec.hidden_size, len(self.vocab.ids)
+        shapes = layer_shapes(spec)
+        out_scale = 1 / math.sqrt(2 * spec.num_hidden_layers)
+
+        def param(shape, std: float = 0.0, fill: float = 0.0) -> nn.Parameter:
+            return nn.Parameter(torch.randn(shape, generator=gen) * std + fill)
+
+        self.embed = param((num_active, d), 1.0)
+        self.lm_head = param((num_active, d), 0.02)
+        self.lm_head_rest = param((d,))
+        self.norm = param((d,), fill=1.0)
+        self.layers = nn.ModuleList()
+        for _ in range(spec.num_hidden_layers):
+            layer = nn.ParameterDict()
+            for name, shape in shapes.items():
+                if name.endswith(("layernorm", "norm_weight")):
+                    layer[name] = param(shape, fill=1.0)
+                elif name.endswith("norm_bias"):
+                    layer[name] = param(shape)
+                else:
+                    scale = out_scale if name in ("o", "down") else 1.0
+                    layer[name] = param(shape, scale / math.sqrt(shape[1]))
+            self.layers.append(layer)
+
+    def layer_weights(self, layer: int) -> LayerWeights:
+        return LayerWeights(**dict(self.layers[layer].items()))
+
+    def forward(
+        self, ids: torch.Tensor, frame_start: torch.Tensor, allowed: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """ids: [B, N] full-vocabulary ids of B sequences at logical indices 0..N-1;
+        frame_start: [B] int64 index of each sequence's first <racm3:break>; allowed: [B, N, N]
+        bool attention mask (None: causal). Returns final-normed hidden states [B, N, D]."""
+        b, n = ids.shape
+        index = torch.arange(n).repeat(b)
+        starts = frame_start.to(torch.int64).repeat_interleave(n)
+        positions = video_positions(index, starts, self.config.video_rows, self.config.video_cols)
+        cos, sin = self.rope.cos_sin(positions)  # [B*N, hd] each
+        x = self.embed[self.vocab.compact(ids)]  # [B, N, D]
+        mask = None if allowed is None else allowed[:, None]
+        for layer in range(len(self.layers)):
+            x = self.layer_forward(x, self.layer_weights(layer), cos, sin, mask)
+        return rms_norm(x, self.norm, self.config.rms_norm_eps)
+
+    def layer_forward(self, x, w: LayerWeights, cos, sin, mask) -> torch.Tensor:
+        """x: [B, N, D]; cos, sin: [B*N, hd]; mask: [B, 1, N, N] bool or None (causal)."""
+        eps = self.config.rms_norm_eps
+        h = x + self.attention(rms_norm(x, w.input_layernorm, eps), w, cos, sin, mask)
+        return h + mlp(rms_norm(h, w.post_attention_layernorm, eps), w)
+
+    def attention(self, x, w: LayerWeights, cos, sin, mask) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = project_qkv(x.reshape(b * n, d), w, self.config)  # [B*N, heads, hd]
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        group = self.config.num_attention_heads // self.config.num_key_value_heads
+
+        def heads_first(t: torch.Tensor) -> torch.Tensor:  # [B*N, h, hd] -> [B, H, N, hd]
+            t = t.view(b, n, t.shape[1], t.shape[2]).transpose(1, 2)
+            return t if t.shape[1] == q.shape[1] else t.repeat_interleave(group, dim=1)
+
+        out = F.scaled_dot_product_attention(
+            heads_first(q), heads_first(k), heads_first(v), attn_mask=mask, is_causal=mask is None
+        )
+        return F.linear(out.transpose(1, 2).reshape(b, n, -1), w.o)
+
+    def active_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [..., D] -> [..., A + 1]: the active ids' logits, then the log-sum-exp of all
+        the other ids (they share one row, so it is their logit + log(num_rest))."""
+        rest = hidden @ self.lm_head_rest + math.log(self.vocab.num_rest)
+        return torch.cat([F.linear(hidden, self.lm_head), rest[..., None]], dim=-1)
+
+    def checkpoint_tensors(self, dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+        """Every Lumos-1 checkpoint tensor over the full vocabulary (see the module docstring)."""
+        ids = torch.tensor(self.vocab.ids)
+        v, d = self.vocab.vocab_size, self.spec.hidden_size
+        embed = torch.zeros(v, d)
+        embed[ids] = self.embed.detach()
+        lm_head = self.lm_head_rest.detach().expand(v, d).clone()
+        lm_head[ids] = self.lm_head.detach()
+        tensors = {"model.embed_tokens.weight": embed}
+        for i, layer in enumerate(self.layers):
+            for attr, key in LAYER_KEYS.items():
+                tensors[f"model.layers.{i}.{key}"] = layer[attr].detach()
+        tensors["model.norm.weight"] = self.norm.detach()
+        tensors["lm_head.weight"] = lm_head
+        return {name: t.to(dtype).contiguous() for name, t in tensors.items()}
+
+    def save_pretrained(self, out_dir: str | Path, extra_config: dict | None = None) -> Path:
+        """Write config.json, model.safetensors and the tokenizer, as ``build_tiny_lumos`` does."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        config = {**lumos_config(self.spec), **(extra_config or {})}
+        (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        tensors = self.checkpoint_tensors(self.spec.dtype)
+        save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+        make_tokenizer(self.spec.codebook_size).save_pretrained(str(out))
+        return out
+
+
+def layer_shapes(spec: TinyLumosSpec) -> dict[str, tuple[int, ...]]:
+    """LayerWeights field -> shape, for a layer without biases."""
+    d, hd, inter, mp = (
+        spec.hidden_size,
+        spec.head_dim,
+        spec.intermediate_size,
+        spec.model_parallel_size,
+    )
+    q_out, kv_out = spec.num_attention_heads * hd, spec.num_key_value_heads * hd
+    return {
+        "q": (q_out, d),
+        "k": (kv_out, d),
+        "v": (kv_out, d),
+        "o": (d, q_out),
+        "q_norm_weight": (mp, hd),
+        "q_norm_bias": (mp, hd),
+        "k_norm_weight": (mp, hd),
+        "k_norm_bias": (mp, hd),
+        "gate": (inter, d),
+        "up": (inter, d),
+        "down": (d, inter),
+        "input_layernorm": (d,),
+        "post_attention_layernorm": (d,),
+    }
