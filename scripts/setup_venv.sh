@@ -43,8 +43,6 @@ fi
 pip_install "pytest>=8" "hypothesis>=6" "ruff" "openai" "safetensors"
 # Ray Data / Ray Serve for packcache_vllm.scale (not ray[llm]: it pins another vLLM).
 pip_install "ray[data,serve]==2.60.0"
-# Ray Data / Ray Serve for packcache_vllm.scale (not ray[llm]: it pins another vLLM).
-pip_install "ray[data,serve]==2.60.0"
 # Video files and plots (imageio-ffmpeg ships its own ffmpeg binary for MP4).
 pip_install "imageio>=2.30" "imageio-ffmpeg>=0.5" "matplotlib>=3.8"
 # The package itself, editable, without re-resolving vLLM's dependencies.
