@@ -19,6 +19,7 @@ only when ``device`` is not given).
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -39,11 +40,15 @@ ADDITIONAL_CONFIG_KEY = "packcache"
 REQUEST_KEY = "packcache"  # SamplingParams.extra_args["packcache"] = {"window": 2, ...}
 REQUEST_FLAT_PREFIX = "packcache_"  # ... or flat keys, the only form vllm_xargs can carry
 SCHEDULER_CLS = "packcache_vllm.engine.scheduler.PackCacheScheduler"
-# The CUDA worker (V2 model runner, plain KV layout) is not written yet: on CUDA the flag fails
-# at start-up naming the platform instead of failing later inside a worker.
 WORKER_CLS_BY_DEVICE = {
     "cpu": "packcache_vllm.engine.worker.PackCacheCPUWorker",
+    "cuda": "packcache_vllm.engine.worker.PackCacheGPUWorker",
 }
+# On CUDA, PackCache hooks vLLM's V1 model runner (vLLM 0.32 defaults to V2 there) and runs
+# without async scheduling (a compaction's moves must see the previous step's KV writes and its
+# freed blocks must not be handed out while that step may still read them).
+V2_RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
+CUDA_ENGINE_SETTINGS = {"async_scheduling": False}
 GROUP_TITLE = "PackCache"  # `vllm serve --help=PackCache` shows the group
 POLICY_FLAG = "--kv-policy"
 POLICY_DEST = "kv_policy"
@@ -152,23 +157,47 @@ def expand(
     if config is None:
         return {}
     entry = config_entry(policy, config)
+    device = device or current_device()
     scheduler_cls, worker_cls = SCHEDULER_CLS, worker_cls_for(device)
     check_engine_settings(policy, engine_settings, scheduler_cls, worker_cls)
+    device_settings = check_device_settings(policy, device, engine_settings)
     return {
         "scheduler_cls": scheduler_cls,
         "worker_cls": worker_cls,
         "enable_prefix_caching": False,
+        **device_settings,
         "additional_config": merged_additional_config(
             engine_settings.get("additional_config"), entry
         ),
     }
 
 
-def worker_cls_for(device: str | None) -> str:
-    if device is None:
-        from packcache_vllm.engine import compat
+def current_device() -> str:
+    from packcache_vllm.engine import compat
 
-        device = compat.current_device()
+    return compat.current_device()
+
+
+def check_device_settings(
+    policy: str, device: str, settings: Mapping[str, Any], environ: Mapping[str, str] = os.environ
+) -> dict[str, Any]:
+    """The engine settings ``device`` needs; ValueError for a given setting or environment that
+    contradicts them."""
+    if device != "cuda":
+        return {}
+    who = f"PackCache policy {policy!r} on CUDA"
+    if environ.get(V2_RUNNER_ENV) != "0":
+        raise ValueError(
+            f"{who} hooks vLLM's V1 model runner: set {V2_RUNNER_ENV}=0 (it is "
+            f"{environ.get(V2_RUNNER_ENV)!r})"
+        )
+    if settings.get("async_scheduling") is True:
+        raise ValueError(f"{who} needs async scheduling off, but async_scheduling=True "
+                         "(--async-scheduling) was given")  # fmt: skip
+    return dict(CUDA_ENGINE_SETTINGS)
+
+
+def worker_cls_for(device: str) -> str:
     if device not in WORKER_CLS_BY_DEVICE:
         raise ValueError(
             f"PackCache runs on {sorted(WORKER_CLS_BY_DEVICE)}, this vLLM platform is {device!r}"
@@ -238,6 +267,7 @@ def describe_overrides(overrides: Mapping[str, Any]) -> str:
 
 ENGINE_SETTING_FIELDS = (
     "enable_prefix_caching",
+    "async_scheduling",
     "speculative_config",
     "scheduler_cls",
     "worker_cls",

@@ -99,6 +99,15 @@ class PageLayout:
         offsets of their V elements."""
         return self.value_offsets[in_page]
 
+    def is_plain_rows(self) -> bool:
+        """True when each token is one row ``[K | V]`` of a ``[block_size, 2 * head_size]``
+        page: the order ``token_rows`` assumes (vLLM's GPU backends)."""
+        rows = torch.arange(self.block_size).view(-1, 1) * 2 * self.head_size
+        dims = torch.arange(self.head_size).view(1, -1)
+        return torch.equal(self.key_offsets, rows + dims) and torch.equal(
+            self.value_offsets, rows + self.head_size + dims
+        )
+
     def token_offsets(self, in_page: torch.Tensor) -> torch.Tensor:
         """in_page: ``[N]`` token indices inside their block -> ``[N, 2 * head_size]`` int64
         page offsets of all their elements, K dims first then V dims."""
@@ -107,7 +116,12 @@ class PageLayout:
 
 # --- learning the layout ---------------------------------------------------------------------
 def learn_page_layout(
-    write_fn: WriteFn, num_kv_heads: int, block_size: int, head_size: int, dtype: torch.dtype
+    write_fn: WriteFn,
+    num_kv_heads: int,
+    block_size: int,
+    head_size: int,
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
 ) -> PageLayout:
     """Learn the page order of ``write_fn`` (the backend's own KV write path).
 
@@ -115,7 +129,8 @@ def learn_page_layout(
     element = ``t * head_size + d`` for K and ``block_size * head_size + t * head_size + d`` for
     V. The codes are written in base-256 digits, one ``write_fn`` pass per digit, so they
     round-trip exactly in fp32, bf16 and fp16. Reading the page back gives, for each page
-    position, which element landed there; the inverse is the layout.
+    position, which element landed there; the inverse is the layout. The scratch cache lives on
+    ``device`` (where ``write_fn``'s kernel runs); the layout's tensors are on the CPU.
 
     Raises:
         ValueError: unsupported dtype or non-positive sizes.
@@ -125,7 +140,7 @@ def learn_page_layout(
     """
     _check_learning_arguments(num_kv_heads, block_size, head_size, dtype)
     page_size = 2 * block_size * head_size
-    codes = _written_codes(write_fn, num_kv_heads, block_size, head_size, dtype)
+    codes = _written_codes(write_fn, num_kv_heads, block_size, head_size, dtype, device)
     element_at = _page_elements(codes, page_size)
     offset_of = torch.empty(page_size, dtype=torch.int64)
     offset_of[element_at] = torch.arange(page_size)
@@ -153,7 +168,12 @@ def _check_learning_arguments(
 
 
 def _written_codes(
-    write_fn: WriteFn, num_kv_heads: int, block_size: int, head_size: int, dtype: torch.dtype
+    write_fn: WriteFn,
+    num_kv_heads: int,
+    block_size: int,
+    head_size: int,
+    dtype: torch.dtype,
+    device: torch.device | str,
 ) -> torch.Tensor:
     """Write every (head, element) code through ``write_fn``; return what each position of the
     scratch block holds: ``[num_kv_heads, page_size]`` int64 codes ``head * page_size + element``.
@@ -169,7 +189,7 @@ def _written_codes(
     place = 1
     for _ in range(_num_digits(num_kv_heads * page_size)):
         digit = (code // place) % _DIGIT_BASE
-        read_back += _write_digit_page(write_fn, digit, dtype) * place
+        read_back += _write_digit_page(write_fn, digit, dtype, device) * place
         place *= _DIGIT_BASE
     return read_back
 
@@ -181,15 +201,19 @@ def _num_digits(num_codes: int) -> int:
     return digits
 
 
-def _write_digit_page(write_fn: WriteFn, digit: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _write_digit_page(
+    write_fn: WriteFn, digit: torch.Tensor, dtype: torch.dtype, device: torch.device | str
+) -> torch.Tensor:
     """digit: ``[2, block_size, num_kv_heads, head_size]`` values in [0, 256) for K and V.
     Writes them to tokens 0..block_size-1 of a NaN-filled one-block cache and returns the block
     as ``[num_kv_heads, page_size]`` int64."""
     _, block_size, num_kv_heads, head_size = digit.shape
-    cache = torch.full((1, num_kv_heads, block_size, 2 * head_size), float("nan"), dtype=dtype)
-    key, value = digit.to(dtype).unbind(0)
-    write_fn(key.contiguous(), value.contiguous(), cache, torch.arange(block_size))
-    page = cache.view(num_kv_heads, -1).double()
+    shape = (1, num_kv_heads, block_size, 2 * head_size)
+    cache = torch.full(shape, float("nan"), dtype=dtype, device=device)
+    key, value = digit.to(device=device, dtype=dtype).unbind(0)
+    slots = torch.arange(block_size, device=device)
+    write_fn(key.contiguous(), value.contiguous(), cache, slots)
+    page = cache.reshape(num_kv_heads, -1).double().cpu()
     if page.isnan().any():
         unwritten = int(page.isnan().sum())
         raise RuntimeError(f"the backend's write left {unwritten} page positions unwritten")

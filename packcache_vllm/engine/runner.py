@@ -1,10 +1,13 @@
-"""The V1 model runner (CPU) with PackCache: plans executed before the forward, physical slots.
+"""The V1 model runner with PackCache: plans executed before the forward, physical slots.
+
+``PackCacheRunnerMixin`` is device-generic; ``PackCacheCPUModelRunner`` puts it on vLLM's V1 CPU
+runner (CPU_ATTN) and ``gpu_runner.PackCacheGPUModelRunner`` on the V1 GPU runner.
 
 Per step, before vLLM's own ``execute_model``:
 1. each ``WorkerPlan`` in the SchedulerOutput is executed on every layer's paged KV tensor: the
-   kept tokens are moved to their packed slots (through the backend's learned page layout), the
-   anchors' keys are re-rotated to the request's time rebase, and the request's block-table row is
-   replaced by the packed block list;
+   kept tokens are moved to their packed slots (through the access the backend's learned page
+   order calls for: ``kv_access``), the anchors' keys are re-rotated to the request's time
+   rebase, and the request's block-table row is replaced by the packed block list;
 2. after vLLM prepares the inputs, slot mapping and attention ``seq_lens`` are made physical
    (logical - E). Positions stay logical: the model computes MM-RoPE from the logical index, and
    the rebase lives in the anchors' keys (equivalent, since RoPE is relative).
@@ -19,23 +22,21 @@ import torch
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 
 from packcache_vllm.engine import compat
-from packcache_vllm.engine.kv_layout import (
-    PageLayout,
-    learn_page_layout,
-    move_tokens,
-    read_keys,
-    write_keys,
-)
+from packcache_vllm.engine.kv_access import KVAccess, kv_access_for
+from packcache_vllm.engine.kv_layout import PageLayout, learn_page_layout
 from packcache_vllm.engine.plans import WorkerPlan
 
 
-class PackCacheCPUModelRunner(CPUModelRunner):
+class PackCacheRunnerMixin:
+    """Mixed into a vLLM V1 ``GPUModelRunner`` subclass (CPU or GPU)."""
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.evicted_tokens: dict[str, int] = {}
         self.dropped_frames: dict[str, int] = {}
         self.pristine_anchor_keys: dict[str, list[torch.Tensor]] = {}
         self.page_layout: PageLayout | None = None
+        self.kv_access: KVAccess | None = None
 
     def initialize_kv_cache(self, kv_cache_config, *args, **kwargs) -> None:
         super().initialize_kv_cache(kv_cache_config, *args, **kwargs)
@@ -48,7 +49,10 @@ class PackCacheCPUModelRunner(CPUModelRunner):
             block_size=cache.shape[2],
             head_size=cache.shape[3] // 2,
             dtype=cache.dtype,
+            device=cache.device,
         )
+        backend = type(layer.impl).__name__
+        self.kv_access = kv_access_for(self.page_layout, cache.device, backend)
 
     # --- before the forward -----------------------------------------------------------------
     def execute_model(self, scheduler_output, *args, **kwargs):
@@ -65,11 +69,11 @@ class PackCacheCPUModelRunner(CPUModelRunner):
             self.pristine_anchor_keys.pop(request_id, None)
 
     def apply_plan(self, request_id: str, plan: WorkerPlan) -> None:
-        move_tokens(
+        device = self.kv_access.device
+        self.kv_access.move(
             self.kv_caches,
-            self.page_layout,
-            torch.tensor(plan.src_slots, dtype=torch.int64),
-            torch.tensor(plan.dst_slots, dtype=torch.int64),
+            torch.tensor(plan.src_slots, dtype=torch.int64, device=device),
+            torch.tensor(plan.dst_slots, dtype=torch.int64, device=device),
         )
         if plan.dropped_frames != self.dropped_frames.get(request_id, 0):
             self.rebase_anchor_keys(request_id, plan)
@@ -87,15 +91,16 @@ class PackCacheCPUModelRunner(CPUModelRunner):
         slots = torch.tensor(
             [plan.block_ids[i // bs] * bs + i % bs for i in range(plan.anchor_len)],
             dtype=torch.int64,
+            device=self.kv_access.device,
         )
         pristine = self.pristine_anchor_keys.get(request_id)
         if pristine is None:
-            pristine = [read_keys(cache, self.page_layout, slots) for cache in self.kv_caches]
+            pristine = [self.kv_access.read_keys(cache, slots) for cache in self.kv_caches]
             self.pristine_anchor_keys[request_id] = pristine
         rope = self.get_model().rope
         shift = plan.t_stride * plan.dropped_frames
         for cache, keys in zip(self.kv_caches, pristine, strict=True):
-            write_keys(cache, self.page_layout, slots, rope.rotate_time(keys, shift))
+            self.kv_access.write_keys(cache, slots, rope.rotate_time(keys, shift))
 
     # --- physical slots and lengths ---------------------------------------------------------
     def _prepare_inputs(self, scheduler_output, num_scheduled_tokens, *args, **kwargs):
@@ -107,13 +112,20 @@ class PackCacheCPUModelRunner(CPUModelRunner):
     def use_physical_slots(self, num_tokens: int) -> None:
         num_reqs = self.input_batch.num_reqs
         ids = self.input_batch.req_ids[:num_reqs]
-        evicted = torch.tensor([self.evicted_tokens.get(r, 0) for r in ids], dtype=torch.int64)
-        if not evicted.any():
+        evicted_cpu = torch.tensor([self.evicted_tokens.get(r, 0) for r in ids], dtype=torch.int64)
+        if not evicted_cpu.any():
             return
+        evicted = evicted_cpu.to(self.positions.device)
         req_indices = self.req_indices.gpu[:num_tokens].to(torch.int64)
         physical_positions = self.positions[:num_tokens] - evicted[req_indices]
         self.input_batch.block_table.compute_slot_mapping(
             num_reqs, self.query_start_loc.gpu[: num_reqs + 1], physical_positions
         )
         self.seq_lens[:num_reqs] -= evicted.to(self.seq_lens.dtype)
-        self.optimistic_seq_lens_cpu[:num_reqs] -= evicted.to(self.optimistic_seq_lens_cpu.dtype)
+        self.optimistic_seq_lens_cpu[:num_reqs] -= evicted_cpu.to(
+            self.optimistic_seq_lens_cpu.dtype
+        )
+
+
+class PackCacheCPUModelRunner(PackCacheRunnerMixin, CPUModelRunner):
+    """vLLM's V1 CPU runner (CPU_ATTN, learned page order) with PackCache."""

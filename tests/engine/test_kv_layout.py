@@ -348,3 +348,42 @@ def test_write_keys_rejects_keys_of_the_wrong_shape():
             torch.arange(3),
             torch.zeros(3, 32),
         )
+
+
+# --- the plain-row path (GPU backends) against CPU_ATTN ------------------------------------
+@pytest.mark.parametrize("move", sorted(MOVES))
+def test_plain_rows_pack_like_the_cpu_backend(attention_layers, layouts, move):
+    """The same K/V and the same plan through CPU_ATTN's pages (learned access) and through a
+    plain ``[K | V]`` row cache (the GPU backends' order, ``token_rows``) hold the same tokens
+    afterwards, and re-rotated anchor keys land identically."""
+    from packcache_vllm.engine.kv_access import LearnedPageAccess, PlainRowAccess
+    from packcache_vllm.engine.token_rows import read_value_rows
+
+    src, dst = MOVES[move]()
+    paged = scratch_caches(attention_layers, torch.float32)
+    written = fill_through_backend(attention_layers, paged)
+    rows = []  # NHD in memory (FlashAttention's usual order), viewed [blocks, heads, tokens, 2hd]
+    for (key, value), cache in zip(written, paged, strict=True):
+        blocks, heads, block_size, two_head_size = cache.shape
+        physical = torch.cat([key, value], dim=-1).view(blocks, block_size, heads, two_head_size)
+        rows.append(physical.transpose(1, 2))
+    cpu, gpu_like = LearnedPageAccess(layouts[torch.float32]), PlainRowAccess(torch.device("cpu"))
+    assert not layouts[torch.float32].is_plain_rows()  # CPU_ATTN permutes its pages
+
+    cpu.move(paged, src, dst)
+    gpu_like.move(rows, src, dst)
+    anchors = torch.arange(5)
+    new_keys = torch.randn(5, paged[0].shape[1], paged[0].shape[3] // 2)
+    for layer_paged, layer_rows in zip(paged, rows, strict=True):
+        cpu.write_keys(layer_paged, anchors, new_keys)
+        gpu_like.write_keys(layer_rows, anchors, new_keys)
+
+    every_slot = torch.arange(SCRATCH_BLOCKS * paged[0].shape[2])
+    for layer_paged, layer_rows in zip(paged, rows, strict=True):
+        assert torch.equal(
+            cpu.read_keys(layer_paged, every_slot), gpu_like.read_keys(layer_rows, every_slot)
+        )
+        assert torch.equal(
+            read_values(layer_paged, layouts[torch.float32], every_slot),
+            read_value_rows(layer_rows, every_slot),
+        )

@@ -50,11 +50,24 @@ def test_each_policy_expands_to_engine_settings(policy, window, decay, min_keep)
     }
 
 
-def test_worker_follows_device():
+def test_worker_follows_device(monkeypatch):
     assert cli.engine_overrides("packcache", device="cpu")["worker_cls"] == CPU_WORKER
-    for device in ("cuda", "xpu"):  # no CUDA worker yet: a clear start-up error, not a crash
-        with pytest.raises(ValueError, match=rf"PackCache runs on \['cpu'\].*'{device}'"):
-            cli.engine_overrides("packcache", device=device)
+    monkeypatch.setenv(cli.V2_RUNNER_ENV, "0")
+    cuda = cli.engine_overrides("packcache", device="cuda")
+    assert cuda["worker_cls"] == "packcache_vllm.engine.worker.PackCacheGPUWorker"
+    assert cuda["async_scheduling"] is False
+    with pytest.raises(ValueError, match=r"PackCache runs on \['cpu', 'cuda'\].*'xpu'"):
+        cli.engine_overrides("packcache", device="xpu")
+
+
+def test_cuda_needs_the_v1_runner_and_no_async_scheduling(monkeypatch):
+    monkeypatch.delenv(cli.V2_RUNNER_ENV, raising=False)
+    with pytest.raises(ValueError, match="set VLLM_USE_V2_MODEL_RUNNER=0"):
+        cli.engine_overrides("packcache", device="cuda")
+    monkeypatch.setenv(cli.V2_RUNNER_ENV, "0")
+    with pytest.raises(ValueError, match="async scheduling off"):
+        cli.engine_overrides("packcache", device="cuda", engine_settings={"async_scheduling": True})
+    assert "async_scheduling" not in cli.engine_overrides("packcache", device="cpu")
 
 
 def test_knobs_override_the_preset():
