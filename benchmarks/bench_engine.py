@@ -1,0 +1,135 @@
+"""One benchmark run: one engine, one policy, N videos generated together, measured per step.
+
+Runs in its own process (``run.py`` starts one per configuration), in vLLM's one-process mode so
+the scheduler, the KV block lists and the attention layers can be observed directly.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+BLOCK_SIZE = 32
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model_dir: str
+    policy: str  # "stock" (plugin off) or a --kv-policy preset
+    frames: int
+    requests: int
+    window: int | None = None  # packcache/sliding override; None = the preset's
+    kv_cache_bytes: int = 1 << 30
+    max_model_len: int = 32768
+
+
+@dataclass
+class RunResult:
+    config: dict
+    tokens_per_frame: int
+    end_to_end_s: float
+    frame_done_s: list[list[float]]  # per request: time each frame completed (from start)
+    peak_blocks: int  # per request, max over requests and steps
+    final_blocks: int  # per request, max over requests, at their last step
+    pool_blocks: int
+    attention_s: float
+    step_s: float
+    blocks_over_time: list[tuple[float, int]] = field(default_factory=list)  # (t, held blocks)
+    preemptions: int = 0
+    evicted_tokens: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run(config: RunConfig, prompts: list[list[int]], tokens_per_frame: int) -> RunResult:
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(config.model_dir, **engine_settings(config))
+    engine = llm.llm_engine
+    scheduler = engine.engine_core.engine_core.scheduler
+    manager = scheduler.kv_cache_manager.coordinator.single_type_managers[0]
+    attention = AttentionTimer(engine.model_executor.driver_worker.worker.model_runner)
+    params = SamplingParams(
+        temperature=0.0,
+        max_tokens=config.frames * tokens_per_frame,
+        ignore_eos=True,
+        detokenize=False,
+    )
+    for i, prompt in enumerate(prompts[: config.requests]):
+        engine.add_request(f"video-{i}", {"prompt_token_ids": prompt}, params)
+    done: dict[str, list[float]] = {f"video-{i}": [] for i in range(config.requests)}
+    peak, last_held, over_time, step_total = 0, {}, [], 0.0
+    start = time.perf_counter()
+    while engine.has_unfinished_requests():
+        t0 = time.perf_counter()
+        outputs = engine.step()
+        now = time.perf_counter()
+        step_total += now - t0
+        for output in outputs:
+            generated = len(output.outputs[0].token_ids)
+            times = done[output.request_id]
+            while len(times) < generated // tokens_per_frame:
+                times.append(now - start)
+        held = {rid: len(blocks) for rid, blocks in manager.req_to_blocks.items() if blocks}
+        last_held.update(held)
+        peak = max([peak, *held.values()])
+        over_time.append((now - start, sum(held.values())))
+    end_to_end = time.perf_counter() - start
+    return RunResult(
+        config=asdict(config),
+        tokens_per_frame=tokens_per_frame,
+        end_to_end_s=end_to_end,
+        frame_done_s=list(done.values()),
+        peak_blocks=peak,
+        final_blocks=max(last_held.values()),
+        pool_blocks=scheduler.kv_cache_manager.block_pool.num_gpu_blocks,
+        attention_s=attention.seconds,
+        step_s=step_total,
+        blocks_over_time=over_time[:: max(1, len(over_time) // 400)],
+        preemptions=len(getattr(scheduler, "preempted_requests", [])),
+        evicted_tokens=getattr(getattr(scheduler, "counters", None), "evicted_tokens", 0),
+    )
+
+
+def engine_settings(config: RunConfig) -> dict:
+    from packcache_vllm.cli import engine_overrides
+
+    settings = {
+        "dtype": "float32",
+        "enforce_eager": True,
+        "block_size": BLOCK_SIZE,
+        "kv_cache_memory_bytes": config.kv_cache_bytes,
+        "max_model_len": config.max_model_len,
+        "enable_prefix_caching": False,
+        "seed": 0,
+    }
+    if config.policy == "stock":
+        return settings
+    knobs = {} if config.window is None else {"window": config.window}
+    return {**settings, **engine_overrides(config.policy, **knobs)}
+
+
+class AttentionTimer:
+    """Wall time spent inside every attention layer's backend ``forward`` (the kernel that reads
+    the paged KV cache), accumulated over the run."""
+
+    def __init__(self, runner) -> None:
+        self.seconds = 0.0
+        for layer in runner.compilation_config.static_forward_context.values():
+            impl = getattr(layer, "impl", None)
+            if impl is not None and hasattr(impl, "forward"):
+                impl.forward = self.timed(impl.forward)
+
+    def timed(self, forward):
+        def timed_forward(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return forward(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+
+        return timed_forward

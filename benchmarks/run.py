@@ -1,0 +1,194 @@
+"""PackCache vs stock vLLM: speed, memory and concurrency over a matrix of runs, in one sitting.
+
+    .venv/bin/python benchmarks/run.py                       # the default matrix (next-token mode)
+    .venv/bin/python benchmarks/run.py --frames 13 --requests 1 4 --windows 2 4 8
+
+Every configuration runs in its own child process (one process tree; no engine state leaks from
+one run into the next) on one model: by default a Lumos-architecture checkpoint built here, with
+Lumos-1's frame layout and attention/MLP proportions scaled down so a 13-frame video takes
+seconds on a CPU (``--model DIR`` takes a real checkpoint). Videos are float32 greedy, prompts
+image-to-video (text + one conditioning frame).
+
+Per run: end-to-end time, the last four frames' time, per-frame latency (p50/p95 over videos),
+peak and final KV blocks per video, videos per minute, how many such videos the run's KV pool
+holds at once at that peak, and the share of engine step time spent inside attention. Written
+under ``--out`` (default benchmarks/results/): bench.jsonl (raw), bench.md (table with ratios vs
+stock vLLM and each row's W, ρ, b_min and steady-state history), bench_<frames>f_<videos>v.png.
+
+Modes: next-token (raster decoding; the only mode in stock vLLM). Frame-parallel (AR-DF) joins
+the matrix when the engine's frame-parallel mode is available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+POLICIES = ("stock", "full", "sliding", "packcache")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--policies",
+        nargs="+",
+        choices=POLICIES,
+        default=list(POLICIES),
+        help="'stock' = vLLM with the plugin's policy off; the others are "
+        "--kv-policy presets (default: all)",
+    )
+    parser.add_argument(
+        "--frames",
+        nargs="+",
+        type=int,
+        default=[13, 48],
+        help="latent frames per video (default: 13 48)",
+    )
+    parser.add_argument(
+        "--requests",
+        nargs="+",
+        type=int,
+        default=[1, 4, 16],
+        help="videos generated together (default: 1 4 16)",
+    )
+    parser.add_argument(
+        "--windows",
+        nargs="+",
+        type=int,
+        default=[4],
+        help="packcache windows W to run (a sweep; default: 4, whose steady "
+        "history is about three frames' worth)",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="a Lumos-format checkpoint dir (default: build the benchmark model)",
+    )
+    parser.add_argument("--rows", type=int, default=12, help="frame grid rows of the built model")
+    parser.add_argument("--cols", type=int, default=16, help="frame grid cols of the built model")
+    parser.add_argument(
+        "--kv-cache-gib",
+        type=float,
+        default=1.0,
+        help="KV pool size per engine (GiB; the same for every run)",
+    )
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="output directory")
+    parser.add_argument("--one-run", help=argparse.SUPPRESS)  # internal: a child's config
+    return parser.parse_args(argv)  # fmt: skip
+
+
+def build_model(out: Path, rows: int, cols: int) -> Path:
+    """Lumos-1's layout and proportions, scaled down: GQA 2:1, head_dim 64, MLP 8/3·hidden."""
+    from packcache_vllm.model.factory import build_tiny_lumos
+
+    return build_tiny_lumos(
+        out,
+        hidden_size=256,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=4,
+        intermediate_size=688,
+        video_rows=rows,
+        video_cols=cols,
+        dtype=__import__("torch").float32,
+    )
+
+
+def prompts_for(model_dir: Path, count: int) -> tuple[list[list[int]], int]:
+    from types import SimpleNamespace
+
+    from packcache_vllm.core.layout import tokens_per_frame
+    from packcache_vllm.model.config_hook import frame_grid
+    from packcache_vllm.model.factory import make_video_prompt
+
+    config = SimpleNamespace(**json.loads((model_dir / "config.json").read_text()))
+    rows, cols = frame_grid(config)
+    rng = random.Random(0)
+    texts = [[4 + b for b in f"clip {i}".encode()] for i in range(count)]
+    prompts = [
+        make_video_prompt(rows, cols, text, with_condition_frame=True, rng=rng) for text in texts
+    ]
+    return prompts, tokens_per_frame(rows, cols)
+
+
+def configs(args, model_dir: Path) -> list[dict]:
+    runs = []
+    for frames in args.frames:
+        for requests in args.requests:
+            for policy in args.policies:
+                windows = args.windows if policy == "packcache" else [None]
+                for window in windows:
+                    runs.append({
+                        "model_dir": str(model_dir), "policy": policy, "frames": frames,
+                        "requests": requests, "window": window,
+                        "kv_cache_bytes": int(args.kv_cache_gib * (1 << 30)),
+                    })  # fmt: skip
+    return runs
+
+
+def run_child(config: dict) -> dict:
+    """One configuration in a fresh Python process; its last stdout line is the result."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--one-run", json.dumps(config)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"run {config} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def one_run(config_json: str) -> None:
+    from bench_engine import RunConfig, run
+
+    config = RunConfig(**json.loads(config_json))
+    prompts, per_frame = prompts_for(Path(config.model_dir), config.requests)
+    print(json.dumps(run(config, prompts, per_frame).to_dict()))
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.one_run:
+        one_run(args.one_run)
+        return
+    from bench_report import markdown_table, plot, row_of
+    from tqdm import tqdm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model or build_model(Path(tmp) / "model", args.rows, args.cols)
+        results = [run_child(c) for c in tqdm(configs(args, model_dir), desc="runs", unit="run")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "bench.jsonl", "w") as jsonl:
+        for result in results:
+            jsonl.write(json.dumps(result) + "\n")
+    rows = [row_of(r) for r in results]
+    table = markdown_table(rows)
+    (args.out / "bench.md").write_text(header(args) + table)
+    plots = plot(rows, results, args.out)
+    print(table)
+    print("written:", args.out / "bench.jsonl", args.out / "bench.md", *plots)
+
+
+def header(args) -> str:
+    import platform
+    from datetime import date
+
+    command = "benchmarks/run.py " + " ".join(sys.argv[1:])
+    return (
+        f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; {date.today()}; "
+        f"`{command.strip()}`; next-token mode, float32 greedy, KV pool {args.kv_cache_gib} GiB "
+        "per engine; 'videos in the pool' = pool blocks // peak blocks per video.\n\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
