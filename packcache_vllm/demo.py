@@ -1,11 +1,14 @@
-"""The main job: a tiny Lumos-1 model generating video token streams in vLLM, several at once.
+"""The main job: a trained tiny Lumos-1 generating videos in vLLM with PackCache, several at once.
 
-    python -m packcache_vllm.demo [--frames 4] [--requests 3] [--model DIR]
+    python -m packcache_vllm.demo [--scenes 3] [--frames 8] [--policy packcache] [--model DIR]
 
-Builds a random-weight tiny Lumos-1 checkpoint (unless --model is given), loads it through vLLM's
-normal loader with the plugin's model, generates ``--frames`` latent frames of tokens for each
-request in one batch (greedy, float32), and prints, per request and frame, what was generated.
-The weights are random, so the tokens are noise; what the demo shows is the machinery.
+Loads the committed checkpoint ``checkpoints/lumos-motion-8x12`` (a tiny Lumos-1 trained on
+synthetic motion: ``python -m packcache_vllm.train.train``) through vLLM's loader with the plugin,
+asks for ``--scenes`` image-to-video requests in one batch (each: a caption and the scene's first
+frame), generates ``--frames`` frames per request greedily in float32 under the chosen KV policy,
+and writes each video as MP4, GIF and a PNG strip under ``--out``. It prints, per video, how many
+generated cells match the scene's true motion against copying the first frame, and re-generates
+the first request with the dense PyTorch reference under the same policy to cross-check the tokens.
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import time
 from pathlib import Path
 
-from packcache_vllm.core.layout import FrameLayout, TokenRole, find_frame_start
-from packcache_vllm.model.factory import build_tiny_lumos, make_video_prompt
-
-DEFAULT_MODEL_DIR = Path("artifacts/tiny-lumos")
+from packcache_vllm.core.budget import PRESETS, PackCacheConfig
+from packcache_vllm.core.layout import tokens_per_frame
+from packcache_vllm.train import MOTION_CHECKPOINT
+from packcache_vllm.video.client import with_first_frame
+from packcache_vllm.video.render import to_rgb, write_video
+from packcache_vllm.video.scene import random_scene
+from packcache_vllm.video.tokens import SceneClip, decode_frames, scene_clip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,114 +33,118 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument(
-        "--model", type=Path, help="a Lumos-1 checkpoint dir (default: build a tiny one)"
+        "--model", type=Path, default=MOTION_CHECKPOINT, help="Lumos-1 checkpoint dir"
     )
     parser.add_argument(
-        "--frames", type=int, default=4, help="latent frames to generate per request"
+        "--scenes", type=int, default=3, help="videos generated together (default 3)"
     )
-    parser.add_argument("--requests", type=int, default=3, help="concurrent requests in the batch")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the tiny weights and prompts")
     parser.add_argument(
-        "--out", type=Path, default=Path("artifacts/demo"), help="where tokens.json goes"
+        "--frames", type=int, default=8, help="frames generated per video (default 8)"
+    )
+    parser.add_argument("--policy", choices=PRESETS, default="packcache", help="KV cache policy")
+    parser.add_argument(
+        "--window", type=int, default=4, help="PackCache window W in frames (default 4)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="scene seeds are demo-<seed + i>")
+    parser.add_argument(
+        "--out", type=Path, default=Path("artifacts/demo"), help="where the videos go"
     )
     args = parser.parse_args(argv)
-    for name in ("frames", "requests"):
+    for name in ("scenes", "frames", "window"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not (args.model / "config.json").is_file():
+        parser.error(f"--model {args.model} has no config.json")
     return args
 
 
-def build_prompts(rows: int, cols: int, count: int, seed: int) -> list[list[int]]:
-    """Alternate image-to-video (with a conditioning frame) and text-to-video prompts."""
-    rng = random.Random(seed)
-    captions = ["a red ball bounces", "two squares drift apart", "a slow pan over a striped wall"]
-    prompts = []
-    for i in range(count):
-        text_ids = [4 + b for b in captions[i % len(captions)].encode()]
-        prompts.append(
-            make_video_prompt(rows, cols, text_ids, with_condition_frame=i % 2 == 0, rng=rng)
-        )
-    return prompts
+def policy_config(args: argparse.Namespace) -> PackCacheConfig:
+    knobs = {"window": args.window} if args.policy == "packcache" else {}
+    return PackCacheConfig.preset(args.policy, **knobs)
 
 
-def describe_frames(tokens: list[int], layout: FrameLayout) -> list[str]:
-    lines = []
-    first = layout.num_anchor_frames
-    per_frame = layout.tokens_per_frame
-    for k in range(0, len(tokens), per_frame):
-        chunk = tokens[k : k + per_frame]
-        visual = sum(
-            layout.locate(layout.anchor_len + k + j).role is TokenRole.VISUAL
-            for j in range(len(chunk))
-        )
-        lines.append(
-            f"  frame {first + k // per_frame}: {len(chunk)} tokens ({visual} visual positions), "
-            f"first ids {chunk[:6]}"
-        )
-    return lines
+def make_engine(model_dir: Path, args: argparse.Namespace):
+    from vllm import LLM
+
+    from packcache_vllm.cli import engine_overrides
+
+    knobs = {"window": args.window} if args.policy == "packcache" else {}
+    return LLM(
+        str(model_dir),
+        dtype="float32",
+        enforce_eager=True,
+        block_size=32,
+        kv_cache_memory_bytes=64 << 20,
+        max_model_len=4096,
+        seed=0,
+        **engine_overrides(args.policy, **knobs),
+    )
 
 
-def check_against_reference(model_dir, prompt, generated, rows: int, cols: int) -> None:
-    """Re-generate the first request with the dense PyTorch reference and compare tokens."""
-    from packcache_vllm.reference import ReferenceVideoModel
+def check_against_reference(
+    model_dir: Path, clip: SceneClip, generated: list[int], config: PackCacheConfig
+) -> None:
+    """Re-generate one request with the dense PyTorch reference and the same policy."""
+    from packcache_vllm.reference import PackCachePolicy, ReferenceVideoModel
 
     reference = ReferenceVideoModel.from_pretrained(model_dir)
-    layout = FrameLayout(find_frame_start(prompt), len(prompt), rows, cols)
-    expected = reference.generate(prompt, layout, len(generated)).token_ids
-    same = sum(a == b for a, b in zip(generated, expected, strict=True))
-    print(f"dense PyTorch reference, request 0: {same}/{len(generated)} tokens identical")
+    expected = reference.generate(clip.prompt, clip.layout, len(generated), PackCachePolicy(config))
+    same = sum(a == b for a, b in zip(generated, expected.token_ids, strict=True))
+    print(f"dense PyTorch reference, video 0: {same}/{len(generated)} tokens identical")
+
+
+def report_video(index: int, clip: SceneClip, tokens: list[int], out: Path) -> dict:
+    """Decode, compare with the scene's true motion, write the files; returns a record."""
+    truth = clip.frames[1:]
+    decoded = decode_frames(tokens, clip.scene.rows, clip.scene.cols, strict=False)
+    match = ((decoded.cells == truth) & decoded.valid).float().mean().item()
+    copy_first = (clip.frames[:1] == truth).float().mean().item()
+    files = write_video(to_rgb(with_first_frame(clip.frames[0], decoded)), out / f"video-{index}")
+    print(f"video {index}: {clip.scene.caption()}")
+    print(
+        f"  cells matching the true motion: {match:.1%} (copying the first frame: {copy_first:.1%})"
+    )
+    print(f"  {files.gif}  {files.mp4}  {files.strip}")
+    return {
+        "caption": clip.scene.caption(),
+        "prompt": clip.prompt,
+        "generated": tokens,
+        "match": match,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    from vllm import LLM, SamplingParams  # after the env is set
+    from vllm import SamplingParams  # after the env is set
 
-    model_dir = args.model or build_tiny_lumos(DEFAULT_MODEL_DIR, seed=args.seed)
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    rows, cols = config.get("video_rows", 48), config.get("video_cols", 84)
-    prompts = build_prompts(rows, cols, args.requests, args.seed)
-    per_frame = FrameLayout(0, 0, rows, cols).tokens_per_frame
-
+    config = json.loads((args.model / "config.json").read_text())
+    rows, cols = config["video_rows"], config["video_cols"]
+    clips = [
+        scene_clip(random_scene(f"demo-{args.seed + i}", rows, cols, args.frames + 1))
+        for i in range(args.scenes)
+    ]
     start = time.perf_counter()
-    llm = LLM(
-        str(model_dir),
-        dtype="float32",
-        enforce_eager=True,
-        block_size=32,
-        kv_cache_memory_bytes=256 << 20,
-        max_model_len=8192,
-        enable_prefix_caching=False,
-        seed=args.seed,
-    )
+    llm = make_engine(args.model, args)
     loaded = time.perf_counter()
+    num_tokens = args.frames * tokens_per_frame(rows, cols)
     params = SamplingParams(
-        temperature=0.0, max_tokens=args.frames * per_frame, ignore_eos=True, detokenize=False
+        temperature=0.0, max_tokens=num_tokens, ignore_eos=True, detokenize=False
     )
-    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    outputs = llm.generate([{"prompt_token_ids": c.prompt} for c in clips], params, use_tqdm=False)
     done = time.perf_counter()
-
-    print(f"model {model_dir}: frame grid {rows}x{cols} = {per_frame} tokens per frame")
+    print(f"model {args.model}: {rows}x{cols} cells per frame, KV policy {args.policy}")
     print(
-        f"engine start {loaded - start:.1f} s; {len(prompts)} requests x {args.frames} frames "
-        f"generated together in {done - loaded:.2f} s"
+        f"engine start {loaded - start:.1f} s; {len(clips)} videos x {args.frames} frames "
+        f"generated together in {done - loaded:.1f} s"
     )
-    records = []
-    for prompt, out in zip(prompts, outputs, strict=True):
-        layout = FrameLayout(find_frame_start(prompt), len(prompt), rows, cols)
-        tokens = list(out.outputs[0].token_ids)
-        kind = "image-to-video" if layout.num_anchor_frames else "text-to-video"
-        print(
-            f"request {out.request_id} ({kind}): prompt {len(prompt)} tokens "
-            f"(text {layout.frame_start}, conditioning frames {layout.num_anchor_frames}), "
-            f"generated {len(tokens)} tokens"
-        )
-        print("\n".join(describe_frames(tokens, layout)))
-        records.append({"request": out.request_id, "prompt": prompt, "generated": tokens})
-    check_against_reference(model_dir, prompts[0], records[0]["generated"], rows, cols)
-    args.out.mkdir(parents=True, exist_ok=True)
+    records = [
+        report_video(i, clip, list(out.outputs[0].token_ids), args.out)
+        for i, (clip, out) in enumerate(zip(clips, outputs, strict=True))
+    ]
+    check_against_reference(args.model, clips[0], records[0]["generated"], policy_config(args))
     (args.out / "tokens.json").write_text(json.dumps(records))
-    print(f"token streams written to {args.out / 'tokens.json'}")
+    print(f"videos and token streams are in {args.out}/")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job: build a tiny random-weight Lumos-1 checkpoint, run it in vLLM with the plugin,
-# generate a short video token stream for a few requests at once, and print what happened.
+# The main job: the committed tiny Lumos-1 (trained on synthetic motion) generates a few videos at
+# once in vLLM with the plugin's PackCache policy; writes MP4 + GIF per video and prints the paths.
 # Extra arguments go to `python -m packcache_vllm.demo` (see --help).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
