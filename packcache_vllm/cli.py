@@ -1,9 +1,11 @@
 """Every way a PackCache policy knob enters from outside, validated where it enters.
 
-- Server flags: ``--kv-policy {none,full,sliding,packcache}`` and ``--packcache-{window,decay,
-  min-keep,selector}`` on ``vllm serve`` (``add_arguments``; compat.py hooks it into vLLM's
-  parser), expanded into vLLM's own engine settings by ``overrides_from_namespace``.
-- Offline: ``LLM(model, **engine_overrides("packcache", window=2))``.
+- Server flags: ``--kv-policy {none,full,sliding,packcache}``, ``--packcache-{window,decay,
+  min-keep,selector}`` and ``--packcache-mode {next-token,frame-parallel}`` on ``vllm serve``
+  (``add_arguments``; compat.py hooks it into vLLM's parser), expanded into vLLM's own engine
+  settings by ``overrides_from_namespace``.
+- Offline: ``LLM(model, **engine_overrides("packcache", window=2))`` (``mode="frame-parallel"``
+  for Lumos-1's frame-parallel generation).
 - Engine side: ``packcache_config_from(vllm_config)`` reads ``additional_config["packcache"]``
   back (validating again: it can be written by hand).
 - Per request: ``parse_request_overrides(sampling_params.extra_args, base)``.
@@ -44,6 +46,17 @@ WORKER_CLS_BY_DEVICE = {
     "cpu": "packcache_vllm.engine.worker.PackCacheCPUWorker",
     "cuda": "packcache_vllm.engine.worker.PackCacheGPUWorker",
 }
+# Generation modes: next-token (one token per step) or Lumos-1's frame-parallel AR-DF (a whole
+# frame denoised per step; ``engine/ardf_*.py``). Only frame-parallel is written into the entry,
+# so a next-token engine's settings are exactly what they were before modes existed.
+NEXT_TOKEN = "next-token"
+FRAME_PARALLEL = "frame-parallel"
+MODES = (NEXT_TOKEN, FRAME_PARALLEL)
+MODE_KEY = "mode"
+MODE_FLAG = "--packcache-mode"
+MODE_DEST = "packcache_mode"
+FRAME_PARALLEL_SCHEDULER_CLS = "packcache_vllm.engine.ardf_scheduler.ARDFScheduler"
+FRAME_PARALLEL_WORKER_CLS_BY_DEVICE = {"cpu": "packcache_vllm.engine.ardf_worker.ARDFCPUWorker"}
 # On CUDA, PackCache hooks vLLM's V1 model runner (vLLM 0.32 defaults to V2 there) and runs
 # without async scheduling (a compaction's moves must see the previous step's KV writes and its
 # freed blocks must not be handed out while that step may still read them).
@@ -121,9 +134,29 @@ def policy_config(
     return PackCacheConfig.preset(policy, **knobs)
 
 
-def config_entry(policy: str, config: PackCacheConfig) -> dict[str, Any]:
-    """The ``additional_config["packcache"]`` entry: the policy and every resolved knob."""
-    return {"policy": policy, **{knob: getattr(config, knob) for knob in KNOBS}}
+def config_entry(policy: str, config: PackCacheConfig, mode: str = NEXT_TOKEN) -> dict[str, Any]:
+    """The ``additional_config["packcache"]`` entry: the policy, every resolved knob, and the
+    mode when it is not next-token."""
+    entry = {"policy": policy, **{knob: getattr(config, knob) for knob in KNOBS}}
+    return entry if mode == NEXT_TOKEN else {**entry, MODE_KEY: mode}
+
+
+def check_mode(mode: object, name: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"{name} must be one of {list(MODES)}, got {mode!r}")
+    return mode
+
+
+def engine_classes(mode: str, device: str) -> tuple[str, str]:
+    """(scheduler_cls, worker_cls) running ``mode`` on ``device``."""
+    if mode == NEXT_TOKEN:
+        return SCHEDULER_CLS, worker_cls_for(device)
+    if device not in FRAME_PARALLEL_WORKER_CLS_BY_DEVICE:
+        raise ValueError(
+            f"{MODE_FLAG} {mode} runs on {sorted(FRAME_PARALLEL_WORKER_CLS_BY_DEVICE)}, this vLLM "
+            f"platform is {device!r}"
+        )
+    return FRAME_PARALLEL_SCHEDULER_CLS, FRAME_PARALLEL_WORKER_CLS_BY_DEVICE[device]
 
 
 # --- expansion into vLLM's engine settings --------------------------------------------------
@@ -134,16 +167,17 @@ def engine_overrides(
     *,
     engine_settings: Mapping[str, Any] | None = None,
     device: str | None = None,
+    mode: str = NEXT_TOKEN,
     **knobs: object,
 ) -> dict[str, Any]:
-    """EngineArgs field values that run ``policy``; ``{}`` for ``none``.
+    """EngineArgs field values that run ``policy`` in ``mode``; ``{}`` for ``none``.
 
     ``LLM(model, **engine_overrides("packcache", window=2))``. Pass the settings you also give
     vLLM as ``engine_settings`` (EngineArgs field -> value) to have ``additional_config`` merged
     and conflicts (prefix caching on, speculative decoding, another scheduler/worker) rejected.
     ``device`` ("cpu" or "cuda") picks the worker; by default vLLM's current platform decides.
     """
-    return expand(policy, knobs, engine_settings or {}, device, KEYWORD_NAMING)
+    return expand(policy, knobs, engine_settings or {}, device, KEYWORD_NAMING, mode, "mode")
 
 
 def expand(
@@ -152,13 +186,18 @@ def expand(
     engine_settings: Mapping[str, Any],
     device: str | None,
     naming: Naming,
+    mode: str = NEXT_TOKEN,
+    mode_name: str = MODE_FLAG,
 ) -> dict[str, Any]:
+    check_mode(mode, mode_name)
     config = policy_config(policy, knobs, naming)
     if config is None:
+        if mode != NEXT_TOKEN:
+            raise ValueError(f"{mode_name} {mode} needs {naming.policy} {'|'.join(PRESETS)}")
         return {}
-    entry = config_entry(policy, config)
+    entry = config_entry(policy, config, mode)
     device = device or current_device()
-    scheduler_cls, worker_cls = SCHEDULER_CLS, worker_cls_for(device)
+    scheduler_cls, worker_cls = engine_classes(mode, device)
     check_engine_settings(policy, engine_settings, scheduler_cls, worker_cls)
     device_settings = check_device_settings(policy, device, engine_settings)
     return {
@@ -303,6 +342,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ),
     )
     group.add_argument(
+        MODE_FLAG,
+        dest=MODE_DEST,
+        choices=MODES,
+        default=argparse.SUPPRESS,
+        help=(
+            "How frames are generated (default next-token):\n"
+            "- next-token: one token per step.\n"
+            "- frame-parallel: Lumos-1's AR-DF: each frame is filled in S masked-prediction "
+            "steps (bidirectional inside the frame) with classifier-free guidance against an "
+            "unconditional twin, then committed from its history-masked copy. Per-request knobs "
+            "through vllm_xargs: ardf_steps_per_frame, ardf_cfg_scale, ardf_top_k, "
+            "ardf_temperature, ardf_schedule, ardf_seed, ardf_history_mask_ratio (defaults "
+            "Lumos-1's: 50, 15, 2000, 1.0, cosine, random, 0.7). CPU only."
+        ),
+    )
+    group.add_argument(
         knob_flag("window"),
         dest=knob_dest("window"),
         metavar="W",
@@ -378,7 +433,8 @@ def overrides_from_namespace(namespace: argparse.Namespace, device: str | None =
         for field in ENGINE_SETTING_FIELDS
         if hasattr(namespace, field)
     }
-    return expand(policy, knobs, settings, device, FLAG_NAMING)
+    mode = getattr(namespace, MODE_DEST, NEXT_TOKEN)
+    return expand(policy, knobs, settings, device, FLAG_NAMING, mode, MODE_FLAG)
 
 
 # --- engine side ----------------------------------------------------------------------------
@@ -399,15 +455,26 @@ def packcache_config_from(source: object) -> tuple[str, PackCacheConfig | None]:
             f"additional_config[{ADDITIONAL_CONFIG_KEY!r}] must be a dict with 'policy' and "
             f"knobs {list(KNOBS)}, got {entry!r}"
         )
-    unknown = sorted(set(entry) - {"policy", *KNOBS})
+    unknown = sorted(set(entry) - {"policy", MODE_KEY, *KNOBS})
     if unknown:
         raise ValueError(
             f"unknown additional_config[{ADDITIONAL_CONFIG_KEY!r}] key(s) {unknown}; "
-            f"valid keys: {['policy', *KNOBS]}"
+            f"valid keys: {['policy', MODE_KEY, *KNOBS]}"
         )
     policy = entry.get("policy")
     knobs = {knob: entry[knob] for knob in KNOBS if knob in entry}
     return policy, policy_config(policy, knobs, ENTRY_NAMING)
+
+
+def packcache_mode_from(source: object) -> str:
+    """The generation mode in a VllmConfig (or its ``additional_config``): next-token when no
+    entry or no mode is given. Raises ValueError naming the key and the value."""
+    additional = source if isinstance(source, Mapping) else getattr(source, "additional_config", {})
+    entry = additional.get(ADDITIONAL_CONFIG_KEY) if isinstance(additional, Mapping) else None
+    if not isinstance(entry, Mapping):
+        return NEXT_TOKEN
+    name = f"additional_config[{ADDITIONAL_CONFIG_KEY!r}][{MODE_KEY!r}]"
+    return check_mode(entry.get(MODE_KEY, NEXT_TOKEN), name)
 
 
 # --- per request ----------------------------------------------------------------------------

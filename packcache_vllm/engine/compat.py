@@ -115,6 +115,29 @@ def cpu_model_runner_class(runner_cls):
         cpu_worker.CPUModelRunner = original
 
 
+def wrap_attention_builders(runner, causal_rows) -> None:
+    """Give each attention-metadata build a per-request causal flag: ``causal_rows(num_reqs)``
+    returns None (vLLM's hard-coded ``causal=True``, gpu_model_runner.py
+    ``_build_attention_metadata``) or an int32 tensor [num_reqs] (1: causal rows, 0: every
+    query row sees the request's whole sequence). ``CommonAttentionMetadata.causal`` accepts a
+    tensor (v1/attention/backend.py); CPU_ATTN's builder turns it into ``dynamic_causal``
+    (v1/attention/backends/cpu_attn.py ``build``). Wraps every builder instance's ``build``."""
+    import dataclasses
+
+    for groups in runner.attn_groups:
+        for group in groups:
+            for builder in group.metadata_builders:
+                build = builder.build
+
+                def build_with_causal_rows(common_prefix_len, metadata, *args, _build=build, **kw):
+                    causal = causal_rows(metadata.num_reqs)
+                    if causal is not None:
+                        metadata = dataclasses.replace(metadata, causal=causal)
+                    return _build(common_prefix_len, metadata, *args, **kw)
+
+                builder.build = build_with_causal_rows
+
+
 # --- command line: `vllm serve --kv-policy ...` ---------------------------------------------
 
 CLI_HOOK_MARK = "_packcache_cli_hook"

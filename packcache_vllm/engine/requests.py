@@ -6,14 +6,23 @@ before the engine sees it.
   ``packcache_window`` etc., or ``extra_args["packcache"] = {...}`` offline) must be valid.
 - The prompt must be a video prompt: text, then zero or more whole frames of the model's grid
   (the generated video starts right after it).
+- In frame-parallel mode, the ``ardf_*`` sampler knobs and the request's shape
+  (``ardf_requests.check_frame_parallel_request``); in next-token mode, no ``ardf_*`` keys.
 """
 
 from __future__ import annotations
 
-from packcache_vllm.cli import NO_POLICY, packcache_config_from, parse_request_overrides
+from packcache_vllm.cli import (
+    FRAME_PARALLEL,
+    NO_POLICY,
+    packcache_config_from,
+    packcache_mode_from,
+    parse_request_overrides,
+)
 from packcache_vllm.core.budget import PackCacheConfig
 from packcache_vllm.core.layout import FrameLayout, find_frame_start
 from packcache_vllm.core.select import make_selector
+from packcache_vllm.engine import ardf_requests
 from packcache_vllm.model.config_hook import frame_grid
 
 
@@ -65,6 +74,10 @@ def check_request(vllm_config, prompt_token_ids, sampling_params) -> None:
     if base is None or prompt_token_ids is None or not hasattr(sampling_params, "extra_args"):
         return
     request_policy(base, sampling_params)
-    video_layout(vllm_config, prompt_token_ids)
+    layout = video_layout(vllm_config, prompt_token_ids)
+    if packcache_mode_from(vllm_config) == FRAME_PARALLEL:
+        ardf_requests.check_frame_parallel_request(layout, prompt_token_ids, sampling_params)
+    else:
+        ardf_requests.reject_ardf_keys(sampling_params)
     # No pool-size check is needed: vLLM refuses to start unless one max_model_len request fits
     # the pool, and a request's bounded footprint is at most that.

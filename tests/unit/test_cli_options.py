@@ -338,3 +338,59 @@ def test_importing_cli_does_not_import_vllm():
     )
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# --- --packcache-mode -----------------------------------------------------------------------
+
+ARDF_SCHEDULER = "packcache_vllm.engine.ardf_scheduler.ARDFScheduler"
+ARDF_CPU_WORKER = "packcache_vllm.engine.ardf_worker.ARDFCPUWorker"
+
+
+def test_next_token_mode_is_the_default_and_leaves_the_entry_as_it_was():
+    default = cli.engine_overrides("packcache", device="cpu")
+    assert cli.engine_overrides("packcache", device="cpu", mode="next-token") == default
+    assert "mode" not in entry_of(default)
+    assert cli.packcache_mode_from(default["additional_config"]) == "next-token"
+
+
+def test_frame_parallel_mode_picks_its_scheduler_and_worker():
+    overrides = cli.engine_overrides("full", device="cpu", mode="frame-parallel")
+    assert (overrides["scheduler_cls"], overrides["worker_cls"]) == (
+        ARDF_SCHEDULER,
+        ARDF_CPU_WORKER,
+    )
+    assert entry_of(overrides)["mode"] == "frame-parallel"
+    assert cli.packcache_mode_from(overrides["additional_config"]) == "frame-parallel"
+    policy, config = cli.packcache_config_from(overrides["additional_config"])
+    assert (policy, config) == ("full", PackCacheConfig.preset("full"))
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: cli.engine_overrides("full", device="cpu", mode="frames"),
+         r"mode must be one of \['next-token', 'frame-parallel'\], got 'frames'"),
+        (lambda: cli.engine_overrides("none", device="cpu", mode="frame-parallel"),
+         r"mode frame-parallel needs policy full\|sliding\|packcache"),
+        (lambda: cli.engine_overrides("full", device="cuda", mode="frame-parallel"),
+         r"--packcache-mode frame-parallel runs on \['cpu'\], this vLLM platform is 'cuda'"),
+        (lambda: cli.packcache_mode_from({"packcache": {"policy": "full", "mode": "x"}}),
+         r"\['mode'\] must be one of \['next-token', 'frame-parallel'\], got 'x'"),
+    ],
+)  # fmt: skip
+def test_bad_mode_is_rejected_naming_it(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_mode_flag_parses_into_overrides(parser, capsys):
+    namespace = parser.parse_args(
+        ["--kv-policy", "packcache", "--packcache-mode", "frame-parallel"]
+    )
+    overrides = cli.overrides_from_namespace(namespace, device="cpu")
+    assert overrides["scheduler_cls"] == ARDF_SCHEDULER
+    with pytest.raises(ValueError, match=r"--packcache-mode frame-parallel needs --kv-policy"):
+        cli.overrides_from_namespace(parser.parse_args(["--packcache-mode", "frame-parallel"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--kv-policy", "full", "--packcache-mode", "diffusion"])
+    assert "invalid choice: 'diffusion'" in capsys.readouterr().err

@@ -1,0 +1,210 @@
+"""Frame-parallel (AR-DF) generation inside vLLM equals the dense reference (``generate_ardf``).
+
+Three concurrent requests of different prompts (image-to-video and text-to-video) and lengths,
+so prefill, denoising and commit steps of different requests share steps; float32, seeded,
+stochastic sampling (temperature 1, top-k). Every frame's tokens and the set of cell offsets
+fixed at each denoising step must equal the reference's, with the full cache and with PackCache
+evicting at every commit (W=2: frames are thinned, then dropped).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from packcache_vllm.core.budget import PackCacheConfig
+from packcache_vllm.core.maskgit import ARDFSamplingParams
+from tests.engine.conftest import BLOCK_SIZE, keep_alive
+
+FRAMES = (3, 4, 2)
+STEPS = (3, 2, 4)
+NO_GUIDANCE = (1.0, 1.0, 1.0)
+GUIDANCE = (3.0, 1.0, 7.5)  # two requests with an unconditional twin, one without
+SEEDS = (11, 12, 13)
+TOP_K = 40
+WINDOW = 2
+MIN_KEEP = 0.5
+
+
+def make_ardf_llm(model_dir, policy: str, **knobs):
+    """An in-process frame-parallel engine, kept alive for the session."""
+    from vllm import LLM
+
+    from packcache_vllm.cli import engine_overrides
+
+    overrides = engine_overrides(policy, mode="frame-parallel", device="cpu", **knobs)
+    engine = LLM(
+        str(model_dir),
+        dtype="float32",
+        enforce_eager=True,
+        block_size=BLOCK_SIZE,
+        kv_cache_memory_bytes=32 << 20,
+        max_model_len=1024,
+        seed=0,
+        **overrides,
+    )
+    return keep_alive(engine)
+
+
+def runner_of(engine):
+    return engine.llm_engine.model_executor.driver_worker.worker.model_runner
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir):
+    from packcache_vllm.reference import ReferenceVideoModel
+
+    return ReferenceVideoModel.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def full_ardf_llm(tiny_model_dir, llm):
+    return make_ardf_llm(tiny_model_dir, "full")
+
+
+@pytest.fixture(scope="module")
+def packcache_ardf_llm(tiny_model_dir, llm):
+    return make_ardf_llm(tiny_model_dir, "packcache", window=WINDOW, min_keep=MIN_KEEP)
+
+
+def sampler_params(index: int, cfg_scale: float = 1.0) -> ARDFSamplingParams:
+    return ARDFSamplingParams(
+        steps_per_frame=STEPS[index],
+        cfg_scale=cfg_scale,
+        top_k=TOP_K,
+        temperature=1.0,
+        seed=SEEDS[index],
+    )
+
+
+def vllm_params(params: ARDFSamplingParams, num_frames: int, per_frame: int):
+    from vllm import SamplingParams
+
+    extra_args = {
+        "ardf_steps_per_frame": params.steps_per_frame,
+        "ardf_cfg_scale": params.cfg_scale,
+        "ardf_top_k": params.top_k,
+        "ardf_temperature": params.temperature,
+        "ardf_seed": params.seed,
+        "ardf_history_mask_ratio": params.history_mask_ratio,
+    }
+    return SamplingParams(
+        max_tokens=num_frames * per_frame,
+        ignore_eos=True,
+        detokenize=False,
+        extra_args=extra_args,
+    )
+
+
+def run_engine(engine, prompts, params, per_frame):
+    """Generate; returns [(token_ids, trace)] per request, in prompt order."""
+    sampling = [vllm_params(p, n, per_frame) for p, n in zip(params, FRAMES, strict=True)]
+    outputs = engine.generate([{"prompt_token_ids": p} for p in prompts], sampling, use_tqdm=False)
+    runner = runner_of(engine)
+    return [(tuple(o.outputs[0].token_ids), trace_of(runner, o.request_id)) for o in outputs]
+
+
+def trace_of(runner, request_id: str):
+    """The runner's trace of the request vLLM calls ``request_id`` outside the engine (inside,
+    vLLM appends a random suffix: ``<id>-<8 hex>``)."""
+    internal = [r for r in runner.traced_request_ids() if r.rsplit("-", 1)[0] == request_id]
+    assert len(internal) == 1, f"request {request_id}: engine ids {internal}"
+    return runner.trace_of(internal[0])
+
+
+def reference_run(reference, prompt, params, num_frames, packcache=None, **controls):
+    from packcache_vllm.reference_ardf import generate_ardf
+
+    result = generate_ardf(reference, prompt, num_frames, params, packcache, **controls)
+    trace = [[step.fixed_offsets for step in frame.steps] for frame in result.frames]
+    return result.token_ids, trace
+
+
+def assert_matches_reference(
+    got,
+    reference,
+    video_prompts,
+    per_frame,
+    packcache,
+    cfg_scales=NO_GUIDANCE,
+    unmasked_commit=False,
+    **controls,
+):
+    """got: the engine's [(token_ids, trace)] per prompt, from ``run_engine``. The reference
+    runs with the same knobs (``unmasked_commit``: its commits keep the whole frame instead)
+    and ``controls`` (``generate_ardf`` keywords)."""
+    for i, (prompt, (tokens, trace)) in enumerate(zip(video_prompts, got, strict=True)):
+        params = sampler_params(i, cfg_scales[i])
+        if unmasked_commit:
+            params = replace(params, history_mask_ratio=0.0)
+        expected_tokens, expected_trace = reference_run(
+            reference, prompt, params, FRAMES[i], packcache, **controls
+        )
+        assert len(tokens) == FRAMES[i] * per_frame
+        for f in range(FRAMES[i]):
+            assert trace[f] == expected_trace[f], f"request {i} frame {f}: fixed offsets differ"
+            frame = slice(f * per_frame, (f + 1) * per_frame)
+            assert tokens[frame] == expected_tokens[frame], f"request {i} frame {f}: tokens differ"
+
+
+@pytest.fixture(scope="module")
+def full_cache_run(full_ardf_llm, video_prompts, per_frame):
+    params = [sampler_params(i) for i in range(len(video_prompts))]
+    return run_engine(full_ardf_llm, video_prompts, params, per_frame)
+
+
+@pytest.fixture(scope="module")
+def packcache_run(packcache_ardf_llm, video_prompts, per_frame):
+    params = [sampler_params(i) for i in range(len(video_prompts))]
+    return run_engine(packcache_ardf_llm, video_prompts, params, per_frame)
+
+
+@pytest.fixture(scope="module")
+def guided_packcache_run(packcache_ardf_llm, video_prompts, per_frame):
+    params = [sampler_params(i, GUIDANCE[i]) for i in range(len(video_prompts))]
+    return run_engine(packcache_ardf_llm, video_prompts, params, per_frame)
+
+
+def test_full_cache_matches_reference(full_cache_run, reference, video_prompts, per_frame):
+    assert_matches_reference(full_cache_run, reference, video_prompts, per_frame, None)
+
+
+def test_packcache_at_every_commit_matches_reference(
+    packcache_run, full_cache_run, reference, video_prompts, per_frame
+):
+    config = PackCacheConfig.preset("packcache", window=WINDOW, min_keep=MIN_KEEP)
+    assert_matches_reference(packcache_run, reference, video_prompts, per_frame, config)
+    longest = FRAMES.index(max(FRAMES))
+    assert packcache_run[longest][0] != full_cache_run[longest][0], "eviction changes the video"
+
+
+def test_guidance_with_twins_and_packcache_matches_reference(
+    guided_packcache_run, packcache_run, reference, video_prompts, per_frame
+):
+    config = PackCacheConfig.preset("packcache", window=WINDOW, min_keep=MIN_KEEP)
+    assert_matches_reference(
+        guided_packcache_run, reference, video_prompts, per_frame, config, GUIDANCE
+    )
+    for i, cfg_scale in enumerate(GUIDANCE):
+        changed = guided_packcache_run[i][0] != packcache_run[i][0]
+        assert changed == (cfg_scale != 1), f"request {i}: guidance {cfg_scale}"
+
+
+@pytest.mark.parametrize("control", ["causal canvas", "unmasked commit"])
+def test_oracle_fails_against_the_references_controls(
+    control, guided_packcache_run, reference, video_prompts, per_frame
+):
+    """Teeth: the engine differs from a reference whose canvas is causal, or whose commits keep
+    the frame unmasked, so the oracle above does check both."""
+    from packcache_vllm.reference_ardf import FrameAttention
+
+    config = PackCacheConfig.preset("packcache", window=WINDOW, min_keep=MIN_KEEP)
+    if control == "causal canvas":
+        controls = {"attention": FrameAttention.CAUSAL}
+    else:
+        controls = {"unmasked_commit": True}
+    with pytest.raises(AssertionError, match="differ"):
+        assert_matches_reference(
+            guided_packcache_run, reference, video_prompts, per_frame, config, GUIDANCE, **controls
+        )
