@@ -1,0 +1,97 @@
+"""`vllm serve ... --kv-policy packcache --packcache-mode frame-parallel` through the OpenAI
+client: concurrent whole-video requests (two with guidance, so with hidden twins), each equal to
+the dense AR-DF reference with the same policy; a bad sampler knob is an HTTP 400."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from packcache_vllm.core.budget import PackCacheConfig
+from tests.engine.test_ardf_oracle import sampler_params
+from tests.engine.test_serve import running_server
+
+pytestmark = pytest.mark.server
+
+WINDOW, MIN_KEEP, FRAMES = 2, 0.5, 4
+GUIDANCE = (3.0, 1.0, 5.0)
+
+
+@pytest.fixture(scope="module")
+def ardf_server(tiny_model_dir, tmp_path_factory):
+    log_path = tmp_path_factory.mktemp("serve-ardf") / "serve.log"
+    flags = ("--kv-policy", "packcache", "--packcache-window", str(WINDOW),
+             "--packcache-min-keep", str(MIN_KEEP),
+             "--packcache-mode", "frame-parallel")  # fmt: skip
+    with running_server(tiny_model_dir, log_path, *flags) as url:
+        yield url, log_path
+
+
+def xargs(params) -> dict:
+    return {
+        "ardf_steps_per_frame": params.steps_per_frame,
+        "ardf_cfg_scale": params.cfg_scale,
+        "ardf_top_k": params.top_k,
+        "ardf_seed": params.seed,
+    }
+
+
+def test_concurrent_videos_match_reference(ardf_server, tiny_model_dir, video_prompts, per_frame):
+    from openai import OpenAI
+
+    from packcache_vllm.reference import ReferenceVideoModel
+    from packcache_vllm.reference_ardf import generate_ardf
+
+    url, log_path = ardf_server
+    client = OpenAI(base_url=url, api_key="unused")
+    params = [sampler_params(i, cfg) for i, cfg in enumerate(GUIDANCE)]
+
+    def ask(i: int) -> list[int]:
+        reply = client.completions.create(
+            model=str(tiny_model_dir),
+            prompt=video_prompts[i],
+            max_tokens=FRAMES * per_frame,
+            extra_body={
+                "return_token_ids": True,
+                "ignore_eos": True,
+                "vllm_xargs": xargs(params[i]),
+            },
+        )
+        return list(reply.choices[0].token_ids)
+
+    with ThreadPoolExecutor(len(video_prompts)) as pool:
+        served = list(pool.map(ask, range(len(video_prompts))))
+    reference = ReferenceVideoModel.from_pretrained(tiny_model_dir)
+    config = PackCacheConfig.preset("packcache", window=WINDOW, min_keep=MIN_KEEP)
+    for i, tokens in enumerate(served):
+        expected = generate_ardf(reference, video_prompts[i], FRAMES, params[i], config)
+        assert tuple(tokens) == expected.token_ids, f"request {i}"
+    assert "ARDFScheduler" in log_path.read_text()
+
+
+def test_bad_knob_is_http_400_and_the_server_keeps_serving(
+    ardf_server, tiny_model_dir, video_prompts, per_frame
+):
+    import openai
+
+    url, _ = ardf_server
+    client = openai.OpenAI(base_url=url, api_key="unused")
+    with pytest.raises(openai.BadRequestError, match=r"steps_per_frame must be an integer"):
+        client.completions.create(
+            model=str(tiny_model_dir),
+            prompt=video_prompts[0],
+            max_tokens=per_frame,
+            extra_body={"vllm_xargs": {"ardf_steps_per_frame": 0}},
+        )
+    with pytest.raises(openai.BadRequestError, match=r"multiple of the frame size"):
+        client.completions.create(
+            model=str(tiny_model_dir), prompt=video_prompts[0], max_tokens=per_frame + 1
+        )
+    reply = client.completions.create(
+        model=str(tiny_model_dir),
+        prompt=video_prompts[1],
+        max_tokens=per_frame,
+        extra_body={"ignore_eos": True, "vllm_xargs": {"ardf_steps_per_frame": 2, "ardf_seed": 1}},
+    )
+    assert reply.usage.completion_tokens == per_frame
