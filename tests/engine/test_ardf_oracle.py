@@ -154,6 +154,29 @@ def full_cache_run(full_ardf_llm, video_prompts, per_frame):
     return run_engine(full_ardf_llm, video_prompts, params, per_frame)
 
 
+def test_requests_share_steps_in_mixed_phases(full_ardf_llm, video_prompts, per_frame):
+    """The three requests are batched: steps mix prefill, denoising and commit rows."""
+    from packcache_vllm.engine.ardf_runner import RowKind
+
+    runner = runner_of(full_ardf_llm)
+    plan_rows, steps = runner.plan_rows, []
+
+    def recording_plan_rows(*args):
+        rows = plan_rows(*args)
+        steps.append({row.kind for row in rows})
+        return rows
+
+    runner.plan_rows = recording_plan_rows
+    try:
+        params = [sampler_params(i) for i in range(len(video_prompts))]
+        run_engine(full_ardf_llm, video_prompts, params, per_frame)
+    finally:
+        del runner.plan_rows
+    prefill = {RowKind.TEXT, RowKind.FRAME_PREFILL}
+    assert any(kinds & prefill and RowKind.DENOISE in kinds for kinds in steps)
+    assert any({RowKind.DENOISE, RowKind.COMMIT} <= kinds for kinds in steps)
+
+
 @pytest.fixture(scope="module")
 def packcache_run(packcache_ardf_llm, video_prompts, per_frame):
     params = [sampler_params(i) for i in range(len(video_prompts))]
