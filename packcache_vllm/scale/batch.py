@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="requests per engine call; a replica runs them concurrently (default 4)",
     )
+    job.add_argument(
+        "--replica-start-timeout-s",
+        type=int,
+        default=600,
+        help="fail the job if not every replica is up by then (default 600)",
+    )
     ray_group = parser.add_argument_group("Ray cluster")
     ray_group.add_argument(
         "--address",
@@ -118,6 +124,7 @@ def job_from_args(args: argparse.Namespace) -> BatchJob:
         replicas=args.replicas,
         resources=ReplicaResources(cpus=args.cpus_per_replica, gpus=args.gpus_per_replica),
         batch_size=args.batch_size,
+        replica_start_timeout_s=args.replica_start_timeout_s,
     )
 
 

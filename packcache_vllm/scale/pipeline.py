@@ -18,7 +18,7 @@ from typing import Any
 
 from packcache_vllm.scale.requests import PromptBuilder, VideoRequest, load_requests
 from packcache_vllm.scale.results import ResultStore
-from packcache_vllm.scale.settings import REPLICA_ENV, BatchJob, frame_grid_of
+from packcache_vllm.scale.settings import BatchJob, frame_grid_of, replica_env
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,12 @@ def generation_dataset(job: BatchJob, pending: list[VideoRequest], run_id: str):
 
     rows = [{"id": r.id, "request": r.to_json()} for r in pending]
     batch_size = batch_size_for(job, len(pending))
-    return ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    # Start every replica before the first batch is handed out; otherwise the first engine up
+    # takes every batch while the others are still loading. A replica that fails to start fails
+    # the job here, and one that cannot be placed in time is a timeout naming the pool.
+    dataset.context.wait_for_min_actors_s = job.replica_start_timeout_s
+    return dataset.map_batches(
         VideoReplica,
         fn_constructor_kwargs={
             "settings": job.engine,
@@ -143,7 +148,7 @@ def generation_dataset(job: BatchJob, pending: list[VideoRequest], run_id: str):
         compute=ray.data.ActorPoolStrategy(size=job.replicas, max_tasks_in_flight_per_actor=1),
         num_cpus=job.resources.cpus,
         num_gpus=job.resources.gpus,
-        runtime_env={"env_vars": REPLICA_ENV},
+        runtime_env={"env_vars": replica_env()},
     )
 
 

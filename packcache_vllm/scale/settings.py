@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from packcache_vllm.cli import KEYWORD_NAMING, engine_overrides, policy_config
+from packcache_vllm.cli import KEYWORD_NAMING, V2_RUNNER_ENV, engine_overrides, policy_config
 from packcache_vllm.core.budget import PackCacheConfig
 
 DTYPES = ("float32", "bfloat16", "float16")
 # One engine per replica, in the replica's own process: no EngineCore / worker subprocesses.
 REPLICA_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+
+def replica_env() -> dict[str, str]:
+    """The replicas' environment: REPLICA_ENV, plus this process's choice of vLLM model runner
+    (``VLLM_USE_V2_MODEL_RUNNER``, which the CUDA check reads here) so replicas run what was
+    checked."""
+    env = dict(REPLICA_ENV)
+    if V2_RUNNER_ENV in os.environ:
+        env[V2_RUNNER_ENV] = os.environ[V2_RUNNER_ENV]
+    return env
 
 
 @dataclass(frozen=True)
@@ -87,8 +98,13 @@ class BatchJob:
     replicas: int = 1
     resources: ReplicaResources = ReplicaResources()
     batch_size: int = 4
+    replica_start_timeout_s: int = 600  # every replica must be up by then (or the job fails)
 
     def __post_init__(self) -> None:
+        if self.replica_start_timeout_s < 1:
+            raise ValueError(
+                f"replica_start_timeout_s must be >= 1, got {self.replica_start_timeout_s}"
+            )
         if self.replicas < 1:
             raise ValueError(f"replicas must be >= 1, got {self.replicas}")
         if self.batch_size < 1:
