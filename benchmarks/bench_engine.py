@@ -22,6 +22,9 @@ class RunConfig:
     frames: int
     requests: int
     window: int | None = None  # packcache/sliding override; None = the preset's
+    mode: str = "next-token"  # or "frame-parallel" (Lumos-1's AR-DF with a CFG twin)
+    steps_per_frame: int = 8  # frame-parallel: MaskGIT steps per frame (Lumos-1 uses 50)
+    cfg_scale: float = 15.0  # frame-parallel: > 1 runs the unconditional twin (Lumos-1: 15)
     kv_cache_bytes: int = 1 << 30
     max_model_len: int = 32768
 
@@ -46,20 +49,15 @@ class RunResult:
 
 
 def run(config: RunConfig, prompts: list[list[int]], tokens_per_frame: int) -> RunResult:
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
 
     llm = LLM(config.model_dir, **engine_settings(config))
     engine = llm.llm_engine
     scheduler = engine.engine_core.engine_core.scheduler
     manager = scheduler.kv_cache_manager.coordinator.single_type_managers[0]
     attention = AttentionTimer(engine.model_executor.driver_worker.worker.model_runner)
-    params = SamplingParams(
-        temperature=0.0,
-        max_tokens=config.frames * tokens_per_frame,
-        ignore_eos=True,
-        detokenize=False,
-    )
     for i, prompt in enumerate(prompts[: config.requests]):
+        params = sampling_params(config, tokens_per_frame, seed=i)
         engine.add_request(f"video-{i}", {"prompt_token_ids": prompt}, params)
     done: dict[str, list[float]] = {f"video-{i}": [] for i in range(config.requests)}
     peak, last_held, over_time, step_total = 0, {}, [], 0.0
@@ -74,7 +72,7 @@ def run(config: RunConfig, prompts: list[list[int]], tokens_per_frame: int) -> R
             times = done[output.request_id]
             while len(times) < generated // tokens_per_frame:
                 times.append(now - start)
-        held = {rid: len(blocks) for rid, blocks in manager.req_to_blocks.items() if blocks}
+        held = blocks_per_video(manager.req_to_blocks)
         last_held.update(held)
         peak = max([peak, *held.values()])
         over_time.append((now - start, sum(held.values())))
@@ -95,6 +93,36 @@ def run(config: RunConfig, prompts: list[list[int]], tokens_per_frame: int) -> R
     )
 
 
+def sampling_params(config: RunConfig, tokens_per_frame: int, seed: int):
+    """Greedy next-token decoding, or seeded AR-DF with the run's steps and CFG scale."""
+    from vllm import SamplingParams
+
+    extra = None
+    if config.mode == "frame-parallel":
+        extra = {
+            "ardf_steps_per_frame": config.steps_per_frame,
+            "ardf_cfg_scale": config.cfg_scale,
+            "ardf_seed": seed,
+        }
+    return SamplingParams(
+        temperature=0.0,
+        max_tokens=config.frames * tokens_per_frame,
+        ignore_eos=True,
+        detokenize=False,
+        extra_args=extra,
+    )
+
+
+def blocks_per_video(req_to_blocks) -> dict[str, int]:
+    """Blocks held per video, its hidden CFG twin (``<id>#uncond``) counted with it."""
+    held: dict[str, int] = {}
+    for request_id, blocks in req_to_blocks.items():
+        if blocks:
+            video = request_id.split("#")[0]
+            held[video] = held.get(video, 0) + len(blocks)
+    return held
+
+
 def engine_settings(config: RunConfig) -> dict:
     from packcache_vllm.cli import engine_overrides
 
@@ -110,7 +138,7 @@ def engine_settings(config: RunConfig) -> dict:
     if config.policy == "stock":
         return settings
     knobs = {} if config.window is None else {"window": config.window}
-    return {**settings, **engine_overrides(config.policy, **knobs)}
+    return {**settings, **engine_overrides(config.policy, mode=config.mode, **knobs)}
 
 
 class AttentionTimer:

@@ -12,6 +12,7 @@ LAST = 4  # "the last four frames" of the paper's table
 
 @dataclass(frozen=True)
 class Row:
+    mode: str
     policy: str
     window: int | None
     decay: float | None
@@ -47,6 +48,7 @@ def row_of(result: dict) -> Row:
     p95 = [percentile([d[f] for d in durations], 0.95) for f in range(frames)]
     last_four = statistics.mean(sum(d[frames - LAST : frames]) for d in durations)
     return Row(
+        mode=config["mode"],
         policy=policy,
         window=settings.window if settings else None,
         decay=settings.decay if settings else None,
@@ -91,19 +93,20 @@ def flatness(p50: list[float], window: int | None) -> float | None:
 
 def markdown_table(rows: list[Row]) -> str:
     head = (
-        "| policy | W | ρ | b_min | history (frames) | frames | videos | end-to-end s | vs stock "
-        "| last 4 frames s | vs stock | last-4 / after-fill | last frame p50 / p95 s | videos/min "
+        "| mode | policy | W | ρ | b_min | history (frames) | frames | videos | end-to-end s | vs "
+        "| last 4 frames s | vs | last-4 / after-fill | last frame p50 / p95 s | videos/min "
         "| peak / final blocks per video | videos in the pool | attention share | preempted |\n"
-        + "|---" * 18
+        + "|---" * 19
         + "|\n"
     )
     lines = []
     for row in rows:
-        stock = stock_row_for(rows, row)
+        stock = baseline_for(rows, row)
         lines.append(
             "| "
             + " | ".join(
                 [
+                    row.mode,
                     row.policy,
                     fmt(row.window),
                     fmt(row.decay),
@@ -129,10 +132,13 @@ def markdown_table(rows: list[Row]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def stock_row_for(rows: list[Row], row: Row) -> Row | None:
-    same_workload = (row.frames, row.requests)
+def baseline_for(rows: list[Row], row: Row) -> Row | None:
+    """Stock vLLM for next-token rows; the full cache for frame-parallel (no stock mode)."""
+    policy = "stock" if row.mode == "next-token" else "full"
+    workload = (row.mode, row.frames, row.requests)
     return next(
-        (r for r in rows if r.policy == "stock" and (r.frames, r.requests) == same_workload), None
+        (r for r in rows if r.policy == policy and (r.mode, r.frames, r.requests) == workload),
+        None,
     )
 
 
@@ -156,11 +162,11 @@ def plot(rows: list[Row], results: list[dict], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    groups = sorted({(r.frames, r.requests) for r in rows})
-    for frames, requests in groups:
+    groups = sorted({(r.mode, r.frames, r.requests) for r in rows})
+    for mode, frames, requests in groups:
         fig, (latency, blocks) = plt.subplots(1, 2, figsize=(12, 4.5))
         for row, result in zip(rows, results, strict=True):
-            if (row.frames, row.requests) != (frames, requests):
+            if (row.mode, row.frames, row.requests) != (mode, frames, requests):
                 continue
             label = row.policy if row.window is None else f"{row.policy} W={row.window}"
             latency.plot(
@@ -169,11 +175,11 @@ def plot(rows: list[Row], results: list[dict], out_dir: Path) -> list[Path]:
             t, held = zip(*result["blocks_over_time"], strict=True)
             blocks.plot(t, held, label=label)
         latency.set(xlabel="latent frame", ylabel="latency p50 over videos (s)",
-                    title=f"{requests} videos × {frames} frames")  # fmt: skip
+                    title=f"{mode}: {requests} videos × {frames} frames")  # fmt: skip
         blocks.set(xlabel="time (s)", ylabel="KV blocks held (all videos)", title="KV cache")
         latency.legend()
         blocks.legend()
-        path = out_dir / f"bench_{frames}f_{requests}v.png"
+        path = out_dir / f"bench_{mode}_{frames}f_{requests}v.png"
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)

@@ -13,10 +13,12 @@ Per run: end-to-end time, the last four frames' time, per-frame latency (p50/p95
 peak and final KV blocks per video, videos per minute, how many such videos the run's KV pool
 holds at once at that peak, and the share of engine step time spent inside attention. Written
 under ``--out`` (default benchmarks/results/): bench.jsonl (raw), bench.md (table with ratios vs
-stock vLLM and each row's W, ρ, b_min and steady-state history), bench_<frames>f_<videos>v.png.
+stock vLLM and each row's W, ρ, b_min and steady-state history), and per workload
+bench_<mode>_<frames>f_<videos>v.png.
 
-Modes: next-token (raster decoding; the only mode in stock vLLM). Frame-parallel (AR-DF) joins
-the matrix when the engine's frame-parallel mode is available.
+Modes: next-token (raster decoding, greedy) and frame-parallel (Lumos-1's AR-DF: MaskGIT steps
+per frame with a CFG twin, seeded; stock vLLM has no such mode, so there the full cache is the
+baseline). Steps per frame are scaled down for the CPU (``--steps-per-frame``, Lumos-1 uses 50).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 POLICIES = ("stock", "full", "sliding", "packcache")
+MODES = ("next-token", "frame-parallel")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,6 +47,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=list(POLICIES),
         help="'stock' = vLLM with the plugin's policy off; the others are "
         "--kv-policy presets (default: all)",
+    )
+    parser.add_argument(
+        "--modes", nargs="+", choices=MODES, default=list(MODES), help="generation modes (both)"
+    )
+    parser.add_argument(
+        "--steps-per-frame",
+        type=int,
+        default=8,
+        help="frame-parallel: MaskGIT steps per frame (Lumos-1: 50; default 8 for the CPU)",
+    )
+    parser.add_argument(
+        "--cfg-scale",
+        type=float,
+        default=15.0,
+        help="frame-parallel: guidance scale; > 1 runs the CFG twin (default 15, Lumos-1's)",
     )
     parser.add_argument(
         "--frames",
@@ -122,16 +140,19 @@ def prompts_for(model_dir: Path, count: int) -> tuple[list[list[int]], int]:
 
 def configs(args, model_dir: Path) -> list[dict]:
     runs = []
-    for frames in args.frames:
-        for requests in args.requests:
-            for policy in args.policies:
-                windows = args.windows if policy == "packcache" else [None]
-                for window in windows:
-                    runs.append({
-                        "model_dir": str(model_dir), "policy": policy, "frames": frames,
-                        "requests": requests, "window": window,
-                        "kv_cache_bytes": int(args.kv_cache_gib * (1 << 30)),
-                    })  # fmt: skip
+    for mode in args.modes:
+        for frames in args.frames:
+            for requests in args.requests:
+                for policy in args.policies:
+                    if policy == "stock" and mode != "next-token":
+                        continue  # stock vLLM has no frame-parallel mode
+                    for window in args.windows if policy == "packcache" else [None]:
+                        runs.append({
+                            "model_dir": str(model_dir), "policy": policy, "frames": frames,
+                            "requests": requests, "window": window, "mode": mode,
+                            "steps_per_frame": args.steps_per_frame, "cfg_scale": args.cfg_scale,
+                            "kv_cache_bytes": int(args.kv_cache_gib * (1 << 30)),
+                        })  # fmt: skip
     return runs
 
 
@@ -185,8 +206,10 @@ def header(args) -> str:
     command = "benchmarks/run.py " + " ".join(sys.argv[1:])
     return (
         f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; {date.today()}; "
-        f"`{command.strip()}`; next-token mode, float32 greedy, KV pool {args.kv_cache_gib} GiB "
-        "per engine; 'videos in the pool' = pool blocks // peak blocks per video.\n\n"
+        f"`{command.strip()}`; float32; next-token greedy; frame-parallel {args.steps_per_frame} "
+        f"steps/frame, CFG {args.cfg_scale} (blocks per video include its CFG twin); KV pool "
+        f"{args.kv_cache_gib} GiB per engine; 'videos in the pool' = pool blocks // peak blocks "
+        "per video; 'vs' = the mode's baseline (stock vLLM; the full cache in frame-parallel).\n\n"
     )
 
 
