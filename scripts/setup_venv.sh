@@ -49,7 +49,7 @@ pip_install "imageio>=2.30" "imageio-ffmpeg>=0.5" "matplotlib>=3.8"
 pip_install --no-deps --no-build-isolation -e "$root" 2>/dev/null || pip_install --no-deps -e "$root"
 
 "$venv/bin/python" - <<'PY'
-import importlib.metadata as md, torch, vllm, packcache_vllm  # noqa: F401
+import importlib.metadata as md, torch, vllm, ray, imageio, matplotlib, packcache_vllm  # noqa: F401
 print(f"[setup] vllm {vllm.__version__} (dist {md.version('vllm')}), torch {torch.__version__}")
 eps = [e.name for e in md.entry_points(group="vllm.general_plugins")]
 assert "packcache" in eps, f"packcache entry point missing: {eps}"
