@@ -95,3 +95,60 @@ def test_bad_knob_is_http_400_and_the_server_keeps_serving(
         extra_body={"ignore_eos": True, "vllm_xargs": {"ardf_steps_per_frame": 2, "ardf_seed": 1}},
     )
     assert reply.usage.completion_tokens == per_frame
+
+
+def test_abort_over_http_frees_both_twins_and_caches_stay_bounded(
+    ardf_server, tiny_model_dir, video_prompts, per_frame
+):
+    """A long guided video streamed while /metrics is sampled: each twin's cache stays within its
+    bound as the video grows; the client then disconnects mid-video, and the server ends up with
+    no running request and an empty KV cache (both twins' blocks returned)."""
+    from openai import OpenAI
+
+    from tests.engine.test_serve import scrape_metrics
+
+    url, _ = ardf_server
+    frames = 60  # long enough to be still running when the client leaves
+    compactions_before = total(scrape_metrics(url), "packcache:compactions_total")
+    params = {**xargs(sampler_params(0, cfg_scale=3.0)), "ardf_steps_per_frame": 8}
+    stream = OpenAI(base_url=url, api_key="unused").completions.create(
+        model=str(tiny_model_dir),
+        prompt=video_prompts[0],
+        max_tokens=frames * per_frame,
+        stream=True,
+        extra_body={"ignore_eos": True, "vllm_xargs": params},
+    )
+    bound = len(video_prompts[0]) + (WINDOW + 1) * per_frame
+    physical: dict[str, int] = {}
+    for frames_seen, _ in enumerate(stream, start=1):  # a commit streams its whole frame at once
+        for labels, value in scrape_metrics(url).get("packcache:request_physical_tokens", []):
+            request = labels["request_id"]
+            physical[request] = max(physical.get(request, 0), int(value))
+        if frames_seen == 6:  # past the window (W = 2): disconnect mid-video
+            break
+    stream.close()
+    wait_until_idle(url)
+    assert any(request.endswith("#uncond") for request in physical), physical
+    assert all(0 < tokens <= bound for tokens in physical.values()), (physical, bound)
+    compactions = total(scrape_metrics(url), "packcache:compactions_total") - compactions_before
+    assert compactions < 2 * (frames - 1), "the video ran to the end: nothing was aborted"
+
+
+def total(samples, name: str) -> float:
+    return sum(value for _, value in samples.get(name, []))
+
+
+def wait_until_idle(url: str, timeout_s: float = 60) -> None:
+    import time
+
+    from tests.engine.test_serve import scrape_metrics
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        samples = scrape_metrics(url)
+        running = total(samples, "vllm:num_requests_running")
+        usage = total(samples, "vllm:kv_cache_usage_perc")
+        if running == 0 and usage == 0 and not samples.get("packcache:request_physical_tokens"):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"server not idle after the abort: running={running}, kv usage={usage}")
