@@ -128,14 +128,17 @@ class SnapshotPublisher:
         self.min_interval_s = min_interval_s
         self.last_write = float("-inf")
 
+    def due(self) -> bool:
+        """Whether ``min_interval_s`` has passed since the last write."""
+        return time.monotonic() - self.last_write >= self.min_interval_s
+
     def publish(self, snapshot: EngineSnapshot, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.last_write < self.min_interval_s:
+        if not force and not self.due():
             return
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(snapshot.to_json())
         os.replace(tmp, self.path)
-        self.last_write = now
+        self.last_write = time.monotonic()
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

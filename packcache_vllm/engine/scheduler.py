@@ -119,6 +119,8 @@ class PackCacheScheduler(Scheduler):
         return output
 
     def publish_counters(self, *, force: bool) -> None:
+        if not force and not self.publisher.due():
+            return  # throttled: skip building the snapshot too
         requests = {
             request_id: RequestKVStats(
                 physical_tokens=self.requests[request_id].num_computed_tokens - kv.evicted_tokens,
