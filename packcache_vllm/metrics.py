@@ -152,7 +152,14 @@ def read_snapshots(directory: Path | None = None) -> list[EngineSnapshot]:
     directory = directory or metrics_dir()
     if directory is None or not directory.is_dir():
         return []
-    return [EngineSnapshot.from_json(p.read_text()) for p in sorted(directory.glob("*.json"))]
+    snapshots = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            continue  # its engine shut down between the listing and the read
+        snapshots.append(EngineSnapshot.from_json(text))
+    return snapshots
 
 
 def total_counters(directory: Path | None = None) -> EngineCounters:
