@@ -39,6 +39,17 @@ from packcache_vllm.train.model import TrainableLumos
 from packcache_vllm.video.palette import PALETTE_SIZE
 
 DEFAULT_PLOT = Path("benchmarks/results/quality/loss.png")
+INTEGER_KNOBS = (
+    "steps",
+    "batch",
+    "seed",
+    "hidden_size",
+    "heads",
+    "kv_heads",
+    "layers",
+    "intermediate_size",
+    "warmup_steps",
+)
 
 
 @dataclass(frozen=True)
@@ -151,17 +162,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
     )
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help="loss curve PNG")
-    for name in (
-        "steps",
-        "batch",
-        "seed",
-        "hidden_size",
-        "heads",
-        "kv_heads",
-        "layers",
-        "intermediate_size",
-        "warmup_steps",
-    ):
+    for name in INTEGER_KNOBS:
         parser.add_argument(
             f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name)
         )
@@ -171,21 +172,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
-    fields = {
-        k: getattr(args, k)
-        for k in (
-            "steps",
-            "batch",
-            "seed",
-            "hidden_size",
-            "heads",
-            "kv_heads",
-            "layers",
-            "intermediate_size",
-            "warmup_steps",
-            "lr",
-        )
-    }
+    fields = {k: getattr(args, k) for k in (*INTEGER_KNOBS, "lr")}
     try:
         config = TrainConfig(**fields, clip=ClipSpec(num_frames=args.frames))
     except ValueError as err:

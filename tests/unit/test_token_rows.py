@@ -156,12 +156,18 @@ def test_attention_over_the_packed_table_equals_attention_over_the_kept_tokens(o
     assert not torch.allclose(packed, full, atol=1e-3)  # eviction does change the answer
 
 
-def test_key_re_rotation_on_the_device_matches_the_cpu():
+def test_key_re_rotation_on_the_device_equals_rotating_at_the_later_time():
+    """Cached keys re-rotated on the device by +8 in t equal raw keys rotated (on the CPU, in
+    float64) at t + 8: what rebasing the anchors relies on."""
     rope = MMRoPE(64)  # re-rotation needs head_dim/2 a multiple of the channel group
-    keys = torch.randn(10, HEADS, 64, dtype=torch.float64)
-    on_device = rope.rotate_time(keys.to(DEVICE, torch.float32), 8).cpu()
-    on_cpu = rope.rotate_time(keys.float(), 8)
-    torch.testing.assert_close(on_device, on_cpu, rtol=1e-5, atol=1e-5)
+    g = torch.Generator().manual_seed(1)
+    raw = torch.randn(10, HEADS, 64, generator=g, dtype=torch.float64)
+    positions = torch.randint(0, 50, (3, 10), generator=g)
+    cached = rope.apply(raw.to(DEVICE, torch.float32), positions.to(DEVICE))
+    shifted = rope.rotate_time(cached, 8).cpu().double()
+    later = positions.clone()
+    later[0] += 8
+    torch.testing.assert_close(shifted, rope.apply(raw, later), rtol=1e-5, atol=1e-5)
 
 
 def test_page_layout_plain_rows_check_sees_a_swapped_value_half():
