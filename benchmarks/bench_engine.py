@@ -40,6 +40,7 @@ class RunResult:
     pool_blocks: int
     attention_s: float
     step_s: float
+    policy_s: float  # the policy's own work: planning compactions + moving KV (0 for stock)
     blocks_over_time: list[tuple[float, int]] = field(default_factory=list)  # (t, held blocks)
     preemptions: int = 0
     evicted_tokens: int = 0
@@ -55,7 +56,9 @@ def run(config: RunConfig, prompts: list[list[int]], tokens_per_frame: int) -> R
     engine = llm.llm_engine
     scheduler = engine.engine_core.engine_core.scheduler
     manager = scheduler.kv_cache_manager.coordinator.single_type_managers[0]
-    attention = AttentionTimer(engine.model_executor.driver_worker.worker.model_runner)
+    runner = engine.model_executor.driver_worker.worker.model_runner
+    attention = AttentionTimer(runner)
+    policy = PolicyTimer(scheduler, runner)
     for i, prompt in enumerate(prompts[: config.requests]):
         params = sampling_params(config, tokens_per_frame, seed=i)
         engine.add_request(f"video-{i}", {"prompt_token_ids": prompt}, params)
@@ -87,6 +90,7 @@ def run(config: RunConfig, prompts: list[list[int]], tokens_per_frame: int) -> R
         pool_blocks=scheduler.kv_cache_manager.block_pool.num_gpu_blocks,
         attention_s=attention.seconds,
         step_s=step_total,
+        policy_s=policy.seconds,
         blocks_over_time=over_time[:: max(1, len(over_time) // 400)],
         preemptions=len(getattr(scheduler, "preempted_requests", [])),
         evicted_tokens=getattr(getattr(scheduler, "counters", None), "evicted_tokens", 0),
@@ -141,23 +145,42 @@ def engine_settings(config: RunConfig) -> dict:
     return {**settings, **engine_overrides(config.policy, mode=config.mode, **knobs)}
 
 
-class AttentionTimer:
-    """Wall time spent inside every attention layer's backend ``forward`` (the kernel that reads
-    the paged KV cache), accumulated over the run."""
+class Timer:
+    """Wall time spent inside the wrapped methods, accumulated over the run."""
 
-    def __init__(self, runner) -> None:
+    def __init__(self) -> None:
         self.seconds = 0.0
-        for layer in runner.compilation_config.static_forward_context.values():
-            impl = getattr(layer, "impl", None)
-            if impl is not None and hasattr(impl, "forward"):
-                impl.forward = self.timed(impl.forward)
 
-    def timed(self, forward):
-        def timed_forward(*args, **kwargs):
+    def wrap(self, owner, name: str) -> None:
+        method = getattr(owner, name)
+
+        def timed(*args, **kwargs):
             t0 = time.perf_counter()
             try:
-                return forward(*args, **kwargs)
+                return method(*args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - t0
 
-        return timed_forward
+        setattr(owner, name, timed)
+
+
+class AttentionTimer(Timer):
+    """Every attention layer's backend ``forward`` (the kernel that reads the paged KV cache)."""
+
+    def __init__(self, runner) -> None:
+        super().__init__()
+        for layer in runner.compilation_config.static_forward_context.values():
+            impl = getattr(layer, "impl", None)
+            if impl is not None and hasattr(impl, "forward"):
+                self.wrap(impl, "forward")
+
+
+class PolicyTimer(Timer):
+    """The policy's own work: the scheduler planning compactions (``compact_completed_frames``)
+    and the runner executing them on every layer's KV (``apply_plan``). Nothing for stock."""
+
+    def __init__(self, scheduler, runner) -> None:
+        super().__init__()
+        for owner, name in ((scheduler, "compact_completed_frames"), (runner, "apply_plan")):
+            if hasattr(owner, name):
+                self.wrap(owner, name)

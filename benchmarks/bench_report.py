@@ -30,6 +30,7 @@ class Row:
     final_blocks: int
     fit_in_pool: int  # videos the run's KV pool holds at once at this peak, without preemption
     attention_share: float
+    policy_share: float  # planning compactions + moving KV, share of step time
     preemptions: int
 
 
@@ -66,6 +67,7 @@ def row_of(result: dict) -> Row:
         final_blocks=result["final_blocks"],
         fit_in_pool=result["pool_blocks"] // result["peak_blocks"],
         attention_share=result["attention_s"] / result["step_s"],
+        policy_share=result.get("policy_s", 0.0) / result["step_s"],
         preemptions=result["preemptions"],
     )
 
@@ -91,17 +93,22 @@ def flatness(p50: list[float], window: int | None) -> float | None:
 # --- table -----------------------------------------------------------------------------------
 
 
-def markdown_table(rows: list[Row]) -> str:
+def markdown_table(rows: list[Row], quality: list | None = None) -> str:
+    """quality: ``quality_report.Summary`` list of the same model (adds two columns)."""
     head = (
         "| mode | policy | W | ρ | b_min | history (frames) | frames | videos | end-to-end s | vs "
         "| last 4 frames s | vs | last-4 / after-fill | last frame p50 / p95 s | videos/min "
-        "| peak / final blocks per video | videos in the pool | attention share | preempted |\n"
-        + "|---" * 19
+        "| peak / final blocks per video | videos in the pool | attention share "
+        "| policy work share | preempted |"
+        + (" quality: cell acc, last 8 frames | object position error |" if quality else "")
+        + "\n"
+        + "|---" * (22 if quality else 20)
         + "|\n"
     )
     lines = []
     for row in rows:
         stock = baseline_for(rows, row)
+        extra = [] if quality is None else quality_cells(row, quality)
         lines.append(
             "| "
             + " | ".join(
@@ -124,12 +131,23 @@ def markdown_table(rows: list[Row]) -> str:
                     f"{row.peak_blocks} / {row.final_blocks}",
                     str(row.fit_in_pool),
                     f"{100 * row.attention_share:.0f} %",
+                    f"{100 * row.policy_share:.1f} %",
                     str(row.preemptions),
+                    *extra,
                 ]
             )
             + " |"
         )
     return head + "\n".join(lines) + "\n"
+
+
+def quality_cells(row: Row, quality: list) -> list[str]:
+    from quality_report import matching_quality
+
+    match = matching_quality(quality, row.mode, row.policy, row.window)
+    if match is None:
+        return ["–", "–"]
+    return [f"{100 * match.last:.1f} %", f"{match.mean('position_error'):.2f}"]
 
 
 def baseline_for(rows: list[Row], row: Row) -> Row | None:

@@ -86,6 +86,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "history is about three frames' worth)",
     )
     parser.add_argument(
+        "--sliding-windows",
+        nargs="+",
+        type=int,
+        default=[1],
+        help="sliding-window sizes W to run (default: 1, the preset; 3 holds about as much "
+        "history as packcache W=4)",
+    )
+    parser.add_argument(
         "--model",
         type=Path,
         default=None,
@@ -100,6 +108,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="KV pool size per engine (GiB; the same for every run)",
     )
     parser.add_argument("--out", type=Path, default=HERE / "results", help="output directory")
+    parser.add_argument(
+        "--quality",
+        type=Path,
+        default=None,
+        help="quality.jsonl of benchmarks/quality.py on the same --model: adds each row's "
+        "quality (cell accuracy of the last 8 frames, object position error) to the table",
+    )
     parser.add_argument("--one-run", help=argparse.SUPPRESS)  # internal: a child's config
     return parser.parse_args(argv)  # fmt: skip
 
@@ -146,7 +161,7 @@ def configs(args, model_dir: Path) -> list[dict]:
                 for policy in args.policies:
                     if policy == "stock" and mode != "next-token":
                         continue  # stock vLLM has no frame-parallel mode
-                    for window in args.windows if policy == "packcache" else [None]:
+                    for window in windows_of(policy, args):
                         runs.append({
                             "model_dir": str(model_dir), "policy": policy, "frames": frames,
                             "requests": requests, "window": window, "mode": mode,
@@ -154,6 +169,15 @@ def configs(args, model_dir: Path) -> list[dict]:
                             "kv_cache_bytes": int(args.kv_cache_gib * (1 << 30)),
                         })  # fmt: skip
     return runs
+
+
+def windows_of(policy: str, args) -> list[int | None]:
+    """The W values a policy runs at; None = the preset's own (full: unbounded)."""
+    if policy == "packcache":
+        return args.windows
+    if policy == "sliding":
+        return [None if w == 1 else w for w in args.sliding_windows]
+    return [None]
 
 
 def run_child(config: dict) -> dict:
@@ -192,11 +216,21 @@ def main(argv=None) -> None:
         for result in results:
             jsonl.write(json.dumps(result) + "\n")
     rows = [row_of(r) for r in results]
-    table = markdown_table(rows)
+    table = markdown_table(rows, quality_summaries(args.quality))
     (args.out / "bench.md").write_text(header(args) + table)
     plots = plot(rows, results, args.out)
     print(table)
     print("written:", args.out / "bench.jsonl", args.out / "bench.md", *plots)
+
+
+def quality_summaries(path: Path | None) -> list | None:
+    if path is None:
+        return None
+    from quality import DRIFT_FRAMES
+    from quality_report import summarise
+
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return summarise(records, DRIFT_FRAMES, [])
 
 
 def header(args) -> str:

@@ -5,13 +5,15 @@
 
 The prompt is the scene's caption and first frame (image-to-video) as token ids; the completion is
 streamed (``return_token_ids``) and a progress bar advances per finished frame. The video written
-is the conditioning frame followed by the generated frames; the client also prints how many cells
-match the scene's true motion (the scene is synthetic, so the truth is known).
+is the conditioning frame followed by the generated frames (STEM.mp4, STEM.gif, STEM-strip.png),
+with STEM.json holding the scene, the prompt and the generated token ids; the client also prints
+how many cells match the scene's true motion (the scene is synthetic, so the truth is known).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -60,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out",
         type=Path,
         default=Path("artifacts/video/client"),
-        help="output path stem: writes STEM.mp4, STEM.gif, STEM-strip.png",
+        help="output path stem: writes STEM.mp4, STEM.gif, STEM-strip.png and STEM.json",
     )
     parser.add_argument(
         "--xarg",
@@ -125,14 +127,17 @@ def main(argv: list[str] | None = None) -> None:
     model = args.model or client.models.list().data[0].id
     print(f"scene {args.scene!r}: {scene.caption()}")
     per_frame = tokens_per_frame(args.rows, args.cols)
-    tokens = stream_video_tokens(
-        client, model, scene_prompt(scene, truth[0]), args.frames, per_frame, dict(args.xarg)
-    )
+    prompt = scene_prompt(scene, truth[0])
+    tokens = stream_video_tokens(client, model, prompt, args.frames, per_frame, dict(args.xarg))
     generated = decode_frames(tokens, args.rows, args.cols, strict=False)
     match = ((generated.cells == truth[1:]) & generated.valid).float().mean().item()
     files = write_video(to_rgb(with_first_frame(truth[0], generated)), args.out, fps=args.fps)
+    record = {"scene": args.scene, "caption": scene.caption(), "model": model, "prompt": prompt,
+              "generated": tokens, "match": match}  # fmt: skip
+    record_path = args.out.with_name(args.out.name + ".json")
+    record_path.write_text(json.dumps(record) + "\n")
     print(f"{match:.1%} of generated cells match the scene's true motion")
-    print(f"wrote {files.mp4}, {files.gif} and {files.strip}")
+    print(f"wrote {files.mp4}, {files.gif}, {files.strip} and {record_path}")
 
 
 if __name__ == "__main__":

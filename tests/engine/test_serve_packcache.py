@@ -93,3 +93,43 @@ def test_bad_requests_get_http_400_and_the_server_keeps_serving(
         extra_body={"vllm_xargs": {"packcache_window": 2}},
     )
     assert reply.usage.completion_tokens == 8
+
+
+def test_video_client_writes_the_served_video(
+    packcache_server, tiny_model_dir, frame_grid, tmp_path
+):
+    """`python -m packcache_vllm.video.client` against the live server: a progress bar per frame,
+    the video files, and generated tokens equal to the dense reference's for the scene prompt."""
+    import json
+    import subprocess
+    import sys
+
+    import imageio.v3 as iio
+
+    from packcache_vllm.reference import PackCachePolicy, ReferenceVideoModel
+    from packcache_vllm.video.render import DEFAULT_CELL_PIXELS, STRIP_GAP_PIXELS
+
+    url, _ = packcache_server
+    rows, cols = frame_grid
+    frames = WINDOW + 3  # past the window: the served video was compacted
+    stem = tmp_path / "video"
+    command = [sys.executable, "-m", "packcache_vllm.video.client", "--url", url,
+               "--scene", "client-0", "--frames", str(frames), "--rows", str(rows),
+               "--cols", str(cols), "--out", str(stem)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{frames}/{frames}" in done.stderr  # the progress bar reached the last frame
+    width = cols * DEFAULT_CELL_PIXELS  # the strip: the first frame, then every generated one
+    strip_width = iio.imread(stem.with_name("video-strip.png")).shape[1]
+    assert strip_width == (frames + 1) * (width + STRIP_GAP_PIXELS) - STRIP_GAP_PIXELS
+    assert stem.with_suffix(".mp4").stat().st_size > 0 and stem.with_suffix(".gif").is_file()
+    record = json.loads(stem.with_suffix(".json").read_text())
+    reference = ReferenceVideoModel.from_pretrained(tiny_model_dir)
+    config = PackCacheConfig.preset("packcache", window=WINDOW, min_keep=MIN_KEEP)
+    expected = reference.generate(
+        record["prompt"],
+        reference.layout_for(record["prompt"]),
+        len(record["generated"]),
+        PackCachePolicy(config),
+    )
+    assert tuple(record["generated"]) == expected.token_ids

@@ -1,0 +1,422 @@
+"""What each KV policy costs in video quality: held-out scenes, long videos, the trained model.
+
+    .venv/bin/python benchmarks/quality.py                       # both modes, 48 frames, 8 scenes
+    .venv/bin/python benchmarks/quality.py --modes next-token --frames 24 --scenes 4
+
+For every generation mode and every policy setting (the full cache, sliding windows, PackCache
+over a W sweep, and PackCache with the key-norm selector, which only the dense reference
+implements), the trained tiny Lumos-1 generates ``--frames`` frames for ``--scenes`` held-out
+scenes (``random_scene("heldout-<i>")``, never trained on), image-to-video: the caption and the
+true first frame. Each generated frame is compared with the scene's true motion
+(``packcache_vllm.video.quality``): cell accuracy, background accuracy, object position error,
+objects lost; drift is the accuracy of the first vs the last eight frames. The copy-the-first-frame
+baseline is scored the same way.
+
+Engine rows run in vLLM with the plugin, one child process per setting (all scenes batched);
+key-norm rows run the dense PyTorch reference (the same model and policy math, which the engine
+matches token for token where both exist). Next-token decoding is float32 greedy; frame-parallel
+is seeded MaskGIT (``--steps-per-frame``, ``--cfg-scale``, ``--top-k``, ``--temperature``).
+
+The model was trained on clips of a few frames, so every video here runs far past the longest
+clip it saw; the prompt's duration token is the training clips' (see ``--help`` of --model).
+
+Writes under ``--out`` (default benchmarks/results/quality/): quality.jsonl (one line per
+setting and scene, per-frame measures), quality.md (the table), quality_<mode>.png (drift
+curves), and with ``--speed BENCH_JSONL`` (``benchmarks/run.py`` rows on the same model)
+quality_vs_speed.png and speed columns in the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+MODES = ("next-token", "frame-parallel")
+DRIFT_FRAMES = 8  # "first / last eight frames"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One policy setting. policy: a --kv-policy preset; runner: "engine" (vLLM) or
+    "reference" (the dense PyTorch model)."""
+
+    policy: str
+    window: int | None = None
+    selector: str = "uniform"
+    runner: str = "engine"
+
+    @property
+    def label(self) -> str:
+        text = self.policy if self.window is None else f"{self.policy} W={self.window}"
+        return text if self.selector == "uniform" else f"{text} {self.selector}"
+
+    def config(self):
+        from packcache_vllm.core.budget import PackCacheConfig
+
+        knobs = {} if self.window is None else {"window": self.window}
+        if self.selector != "uniform":
+            knobs["selector"] = self.selector
+        return PackCacheConfig.preset(self.policy, **knobs)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one child process generates."""
+
+    model_dir: str
+    mode: str
+    setting: Setting
+    frames: int
+    scenes: int
+    steps_per_frame: int
+    cfg_scale: float
+    top_k: int
+    temperature: float
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="checkpoint (default: checkpoints/lumos-motion-8x12-ardf, trained for both modes, "
+        "else checkpoints/lumos-motion-8x12 for next-token); the prompt's duration token is "
+        "that of the clips in its training.json",
+    )
+    parser.add_argument("--frames", type=int, default=48, help="generated frames per video (48)")
+    parser.add_argument("--scenes", type=int, default=8, help="held-out scenes (default 8)")
+    parser.add_argument(
+        "--windows",
+        nargs="+",
+        type=int,
+        default=[4, 6, 8],
+        help="PackCache W sweep (4 6 8; below 4 the preset keeps whole frames: b_min = 3/W >= 1)",
+    )
+    parser.add_argument(
+        "--sliding-windows",
+        nargs="+",
+        type=int,
+        default=[1, 3],
+        help="sliding-window sizes in frames (1 3; 3 holds about PackCache W=4's history)",
+    )
+    parser.add_argument(
+        "--key-norm-window",
+        type=int,
+        default=4,
+        help="W of the key-norm selector row (dense reference; 0: no such row)",
+    )
+    parser.add_argument("--steps-per-frame", type=int, default=8, help="frame-parallel steps")
+    parser.add_argument("--cfg-scale", type=float, default=3.0, help="frame-parallel CFG scale")
+    parser.add_argument("--top-k", type=int, default=1, help="frame-parallel top-k (1: argmax)")
+    parser.add_argument(
+        "--temperature", type=float, default=1.0, help="frame-parallel re-masking temperature"
+    )
+    parser.add_argument(
+        "--speed",
+        type=Path,
+        default=None,
+        help="bench.jsonl from benchmarks/run.py --model <the same checkpoint>: joins its "
+        "end-to-end time to the table and plots quality vs speed",
+    )
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "quality")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="generate nothing: rebuild the table and plots from --out's quality.jsonl "
+        "(e.g. to join a later --speed run)",
+    )
+    parser.add_argument("--one-job", help=argparse.SUPPRESS)  # internal: a child's job
+    args = parser.parse_args(argv)
+    for name in ("frames", "scenes", "steps_per_frame"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if any(w < 1 for w in [*args.windows, *args.sliding_windows]):
+        parser.error("every window must be >= 1 frame")
+    return args
+
+
+def default_model(modes: list[str]) -> Path:
+    both = ROOT / "checkpoints" / "lumos-motion-8x12-ardf"
+    if both.is_dir() or "frame-parallel" in modes:
+        return both
+    return ROOT / "checkpoints" / "lumos-motion-8x12"
+
+
+def settings(args) -> list[Setting]:
+    rows = [Setting("full")]
+    rows += [Setting("sliding", w) for w in args.sliding_windows]
+    rows += [Setting("packcache", w) for w in args.windows]
+    if args.key_norm_window:
+        rows.append(Setting("packcache", args.key_norm_window, "key_norm", "reference"))
+    return rows
+
+
+# --- scenes --------------------------------------------------------------------------------------
+
+
+def heldout_clips(model_dir: Path, frames: int, scenes: int):
+    """Held-out scene clips of frames + 1 frames whose prompt carries the training clips'
+    duration token (the model saw no other)."""
+    from packcache_vllm.video.scene import random_scene, render_clip
+    from packcache_vllm.video.tokens import SceneClip, frames_tokens, scene_prompt
+
+    config = json.loads((model_dir / "config.json").read_text())
+    trained_frames = json.loads((model_dir / "training.json").read_text())["config"]["clip"][
+        "num_frames"
+    ]
+    clips = []
+    for i in range(scenes):
+        scene = random_scene(f"heldout-{i}", config["video_rows"], config["video_cols"], frames + 1)
+        truth = render_clip(scene)
+        prompt = scene_prompt(replace(scene, num_frames=trained_frames), truth[0])
+        clips.append(SceneClip(scene, truth, prompt, frames_tokens(truth[1:])))
+    return clips
+
+
+# --- generation (child process) ------------------------------------------------------------------
+
+
+def generate(job: Job) -> tuple[list[list[int]], float]:
+    """Every scene's generated tokens, and the wall time of the generation itself."""
+    clips = heldout_clips(Path(job.model_dir), job.frames, job.scenes)
+    if job.setting.runner == "reference":
+        return generate_reference(job, clips)
+    return generate_engine(job, clips)
+
+
+def generate_engine(job: Job, clips) -> tuple[list[list[int]], float]:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from vllm import LLM, SamplingParams
+
+    from packcache_vllm.cli import engine_overrides
+
+    knobs = {} if job.setting.window is None else {"window": job.setting.window}
+    llm = LLM(
+        job.model_dir,
+        dtype="float32",
+        enforce_eager=True,
+        block_size=32,
+        seed=0,
+        kv_cache_memory_bytes=512 << 20,
+        max_model_len=16384,
+        **engine_overrides(job.setting.policy, mode=job.mode, **knobs),
+    )
+    num_tokens = job.frames * clips[0].layout.tokens_per_frame
+    params = [
+        SamplingParams(
+            temperature=0.0,
+            max_tokens=num_tokens,
+            ignore_eos=True,
+            detokenize=False,
+            extra_args=ardf_extra_args(job, i),
+        )
+        for i in range(len(clips))
+    ]
+    start = time.perf_counter()
+    outputs = llm.generate([{"prompt_token_ids": c.prompt} for c in clips], params, use_tqdm=False)
+    seconds = time.perf_counter() - start
+    return [list(out.outputs[0].token_ids) for out in outputs], seconds
+
+
+def ardf_extra_args(job: Job, scene: int) -> dict | None:
+    if job.mode != "frame-parallel":
+        return None
+    return {f"ardf_{name}": value for name, value in asdict(ardf_params(job, scene)).items()}
+
+
+def ardf_params(job: Job, scene: int):
+    from packcache_vllm.core.maskgit import ARDFSamplingParams
+
+    return ARDFSamplingParams(
+        steps_per_frame=job.steps_per_frame,
+        cfg_scale=job.cfg_scale,
+        top_k=job.top_k,
+        temperature=job.temperature,
+        seed=scene,
+    )
+
+
+def generate_reference(job: Job, clips) -> tuple[list[list[int]], float]:
+    from packcache_vllm.reference import PackCachePolicy, ReferenceVideoModel
+    from packcache_vllm.reference_ardf import generate_ardf
+
+    model = ReferenceVideoModel.from_pretrained(Path(job.model_dir))
+    config = job.setting.config()
+    start, tokens = time.perf_counter(), []
+    for i, clip in enumerate(clips):
+        if job.mode == "frame-parallel":
+            result = generate_ardf(model, clip.prompt, job.frames, ardf_params(job, i), config)
+        else:
+            num_tokens = job.frames * clip.layout.tokens_per_frame
+            result = model.generate(clip.prompt, clip.layout, num_tokens, PackCachePolicy(config))
+        tokens.append(list(result.token_ids))
+    return tokens, time.perf_counter() - start
+
+
+# --- scoring -------------------------------------------------------------------------------------
+
+
+def score(job: Job, tokens: list[list[int]], seconds: float) -> list[dict]:
+    """One record per scene: the setting, and each measure per generated frame."""
+    from packcache_vllm.video.quality import frame_quality
+    from packcache_vllm.video.tokens import decode_frames
+
+    clips = heldout_clips(Path(job.model_dir), job.frames, job.scenes)
+    config = job.setting.config()
+    records = []
+    for i, (clip, generated) in enumerate(zip(clips, tokens, strict=True)):
+        decoded = decode_frames(generated, clip.scene.rows, clip.scene.cols, strict=False)
+        quality = frame_quality(decoded.cells, decoded.valid, clip.frames[1:], clip.scene)
+        records.append(
+            {
+                "mode": job.mode,
+                "label": job.setting.label,
+                **asdict(job.setting),
+                "decay": config.decay,
+                "min_keep": config.min_keep,
+                "history_frames": config.steady_state_frames(),
+                "scene": i,
+                "caption": clip.scene.caption(),
+                "generate_s": seconds,
+                **quality.as_lists(),
+            }
+        )
+    return records
+
+
+def baseline_records(model_dir: Path, frames: int, scenes: int) -> list[dict]:
+    """Copying the first (conditioning) frame into every generated frame."""
+    import torch
+
+    from packcache_vllm.video.quality import frame_quality
+
+    records = []
+    for i, clip in enumerate(heldout_clips(model_dir, frames, scenes)):
+        truth = clip.frames[1:]
+        copied = clip.frames[:1].expand_as(truth)
+        quality = frame_quality(copied, torch.ones_like(truth, dtype=torch.bool), truth, clip.scene)
+        records.append(
+            {
+                "mode": "baseline",
+                "label": "copy the first frame",
+                "policy": "–",
+                "scene": i,
+                "caption": clip.scene.caption(),
+                **quality.as_lists(),
+            }
+        )
+    return records
+
+
+# --- driver --------------------------------------------------------------------------------------
+
+
+def run_child(job: Job) -> list[dict]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--one-job", json.dumps(asdict(job))],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{job.mode} {job.setting.label} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def one_job(job_json: str) -> None:
+    fields = json.loads(job_json)
+    job = Job(**{**fields, "setting": Setting(**fields["setting"])})
+    tokens, seconds = generate(job)
+    print(json.dumps(score(job, tokens, seconds)))
+
+
+def jobs(args, model_dir: Path) -> list[Job]:
+    return [
+        Job(
+            str(model_dir),
+            mode,
+            setting,
+            args.frames,
+            args.scenes,
+            args.steps_per_frame,
+            args.cfg_scale,
+            args.top_k,
+            args.temperature,
+        )
+        for mode in args.modes
+        for setting in settings(args)
+    ]
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.one_job:
+        one_job(args.one_job)
+        return
+    from quality_report import plot_drift, plot_quality_vs_speed, summarise, table
+    from tqdm import tqdm
+
+    model_dir = args.model or default_model(args.modes)
+    if not (model_dir / "training.json").is_file():
+        raise SystemExit(f"--model {model_dir}: no training.json (a checkpoint trained here)")
+    if args.report_only:
+        records = read_jsonl(args.out / "quality.jsonl")
+    else:
+        records = baseline_records(model_dir, args.frames, args.scenes)
+        for job in tqdm(jobs(args, model_dir), desc="settings", unit="run"):
+            records += run_child(job)
+        args.out.mkdir(parents=True, exist_ok=True)
+        with open(args.out / "quality.jsonl", "w") as jsonl:
+            for record in records:
+                jsonl.write(json.dumps(record) + "\n")
+    summaries = summarise(records, DRIFT_FRAMES, speed_rows(args.speed))
+    text = header(args, model_dir) + table(summaries)
+    (args.out / "quality.md").write_text(text)
+    written = plot_drift(summaries, args.out)
+    if args.speed:
+        written.append(plot_quality_vs_speed(summaries, args.out))
+    print(text)
+    print("written:", args.out / "quality.jsonl", args.out / "quality.md", *written)
+
+
+def speed_rows(path: Path | None) -> list[dict]:
+    return [] if path is None else read_jsonl(path)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such file")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def header(args, model_dir: Path) -> str:
+    from datetime import date
+
+    command = "benchmarks/quality.py " + " ".join(sys.argv[1:])
+    fp = (
+        f"frame-parallel: {args.steps_per_frame} steps/frame, CFG {args.cfg_scale}, "
+        f"top-k {args.top_k}, temperature {args.temperature}, seed = scene index"
+    )
+    return (
+        f"{date.today()}; `{command.strip()}`; model `{model_dir.relative_to(ROOT)}`; "
+        f"{args.scenes} held-out scenes x {args.frames} generated frames; float32; next-token "
+        f"greedy; {fp}. Means over scenes (position error over the objects found). "
+        f"'first/last {DRIFT_FRAMES}' = cell accuracy over the first/last {DRIFT_FRAMES} "
+        "generated frames.\n\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
