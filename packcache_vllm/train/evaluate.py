@@ -9,6 +9,17 @@ Two measures on held-out clips, both with the dense reference model (``Reference
   prompt alone (caption + first frame), optionally under a KV policy. Baseline: the first frame
   copied into every frame.
 
+Two more for frame-parallel (AR-DF) generation, with ``reference_ardf`` (conditioning and commits
+exactly as inference does them):
+
+* teacher-forced masked cells (``masked_cell_accuracy``): each frame t >= 1 as a canvas with some
+  of its cells ``<mask>`` is read (argmax over the visual vocabulary) after the prompt and the
+  true frames < t were committed (history-masked); only the masked cells count. Baseline: frame
+  t-1's cell copied, at the same cells.
+* free-running (``ardf_rollout_accuracy``): ``generate_ardf`` from the prompt alone (MaskGIT
+  denoising with CFG, ``ARDF_EVAL_PARAMS``: deterministic argmax). Baseline: the first frame
+  copied into every frame.
+
 A cell counts as correct when the decoded cell equals the true palette index; a token that is not
 a palette code counts as wrong.
 """
@@ -19,8 +30,18 @@ from dataclasses import dataclass
 
 import torch
 
-from packcache_vllm.reference import KeepPolicy, ReferenceVideoModel
-from packcache_vllm.video.tokens import SceneClip, decode_frames
+from packcache_vllm.core.maskgit import ARDFSamplingParams, history_mask, visual_cells
+from packcache_vllm.reference import KeepPolicy, NoEviction, ReferenceVideoModel
+from packcache_vllm.reference_ardf import ARDFSession, FrameAttention, generate_ardf
+from packcache_vllm.train.ardf import canvas_cell_mask, mask_cells
+from packcache_vllm.video.tokens import SceneClip, decode_frames, frame_tokens
+
+# Deterministic frame-parallel sampling for evaluation: argmax draws (temperature 0, so no
+# re-masking noise either) over the whole visual vocabulary (top_k None keeps the MaskGIT
+# confidence meaningful: under top_k 1 every drawn code has log p = 0), 8 steps, CFG 3.
+ARDF_EVAL_PARAMS = ARDFSamplingParams(
+    steps_per_frame=8, cfg_scale=3.0, top_k=None, temperature=0.0, seed=0
+)
 
 
 @dataclass(frozen=True)
@@ -71,3 +92,66 @@ def mean_accuracy(results: list[FrameAccuracy]) -> FrameAccuracy:
         torch.stack([r.model for r in results]).mean(0),
         torch.stack([r.baseline for r in results]).mean(0),
     )
+
+
+def chosen_cells(num_cells: int, mask_fraction: float | None, gen: torch.Generator) -> torch.Tensor:
+    """[num_cells] bool: ``round(mask_fraction * num_cells)`` cells (at least one) at random, or
+    MaskGIT's random fraction (``train.ardf.canvas_cell_mask``) when mask_fraction is None."""
+    if mask_fraction is None:
+        return canvas_cell_mask(num_cells, gen)
+    if not 0.0 < mask_fraction <= 1.0:
+        raise ValueError(f"mask_fraction must lie in (0, 1], got {mask_fraction}")
+    count = max(1, round(mask_fraction * num_cells))
+    mask = torch.zeros(num_cells, dtype=torch.bool)
+    mask[torch.randperm(num_cells, generator=gen)[:count]] = True
+    return mask
+
+
+def masked_cell_accuracy(
+    model: ReferenceVideoModel,
+    clip: SceneClip,
+    mask_fraction: float | None = 1.0,
+    seed: int = 0,
+    history_ratio: float = ARDF_EVAL_PARAMS.history_mask_ratio,
+) -> FrameAccuracy:
+    """Teacher-forced AR-DF accuracy at the masked cells of frames 1.. (module docstring), one
+    canvas per frame, conditioned twin only. mask_fraction: the fraction of cells masked (1: the
+    first denoising step's all-``<mask>`` canvas; None: MaskGIT's random fraction, as training
+    draws it); the cells are drawn from a generator seeded with ``seed``."""
+    num_frames, rows, cols = clip.frames.shape
+    commit_mask = history_mask(rows, cols, history_ratio)
+    attention = FrameAttention.BIDIRECTIONAL
+    session = ARDFSession(model, model.layout_for(clip.prompt), NoEviction())
+    session.prefill_prompt(clip.prompt, commit_mask, attention)
+    gen = torch.Generator().manual_seed(seed)
+    model_acc, baseline_acc = [], []
+    for t in range(1, num_frames):
+        truth = torch.tensor(frame_tokens(clip.frames[t]))
+        cells = chosen_cells(rows * cols, mask_fraction, gen)
+        logits = session.canvas_logits(mask_cells(truth, cells, rows, cols), attention)
+        predicted = logits[visual_offsets(rows, cols)].argmax(dim=-1)  # [R * C] palette codes
+        true_cells, previous = clip.frames[t].flatten(), clip.frames[t - 1].flatten()
+        model_acc.append((predicted == true_cells)[cells].float().mean())
+        baseline_acc.append((previous == true_cells)[cells].float().mean())
+        session.commit(truth, commit_mask, attention)
+    return FrameAccuracy(torch.stack(model_acc), torch.stack(baseline_acc))
+
+
+def visual_offsets(rows: int, cols: int) -> torch.Tensor:
+    """[R * C] int64 frame offsets of the visual cells, raster order."""
+    return visual_cells(rows, cols).nonzero().flatten()
+
+
+def ardf_rollout_accuracy(
+    model: ReferenceVideoModel,
+    clip: SceneClip,
+    num_frames: int | None = None,
+    params: ARDFSamplingParams = ARDF_EVAL_PARAMS,
+) -> FrameAccuracy:
+    """Free-running frame-parallel accuracy of frames 1..num_frames (None: all the clip's)
+    generated by ``generate_ardf`` from the prompt alone."""
+    num_frames = clip.frames.shape[0] - 1 if num_frames is None else num_frames
+    result = generate_ardf(model, clip.prompt, num_frames, params)
+    truth = clip.frames[1 : 1 + num_frames]
+    first = clip.frames[:1].expand_as(truth)
+    return FrameAccuracy(cell_accuracy(list(result.token_ids), truth), copy_accuracy(first, truth))

@@ -10,6 +10,7 @@ Only the ids the data uses are trained (``ActiveVocab``: bytes, markers, palette
 full-vocabulary cross-entropy (their logits are equal: ``log(num_rest)`` is added once), and in
 the saved checkpoint their embeddings are zero and their ``lm_head`` rows that shared row. The
 file stays Lumos-1's full format (vocab 65536 + palette) and compresses to little in git.
+``TrainableLumos.from_pretrained`` is the writer's inverse (fine-tuning: ``train --init``).
 """
 
 from __future__ import annotations
@@ -24,13 +25,20 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from packcache_vllm.core.layout import video_positions
+from packcache_vllm.core.layout import LUMOS_TOKENS, video_positions
 from packcache_vllm.core.rope import MMRoPE, rotate
-from packcache_vllm.model.factory import TinyLumosSpec, lumos_config, make_tokenizer
+from packcache_vllm.model.factory import (
+    SUPPORTED_DTYPES,
+    TinyLumosSpec,
+    lumos_config,
+    make_tokenizer,
+)
 from packcache_vllm.reference import (
     LAYER_KEYS,
     LayerWeights,
     ReferenceConfig,
+    check_tensors,
+    load_checkpoint_tensors,
     mlp,
     project_qkv,
     rms_norm,
@@ -113,24 +121,36 @@ class TrainableLumos(nn.Module):
         return LayerWeights(**dict(self.layers[layer].items()))
 
     def forward(
-        self, ids: torch.Tensor, frame_start: torch.Tensor, allowed: torch.Tensor | None = None
+        self,
+        ids: torch.Tensor,
+        frame_start: torch.Tensor,
+        allowed: torch.Tensor | None = None,
+        index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """ids: [B, N] full-vocabulary ids of B sequences at logical indices 0..N-1;
-        frame_start: [B] int64 index of each sequence's first <racm3:break>; allowed: [B, N, N]
-        bool attention mask (None: causal). Returns final-normed hidden states [B, N, D]."""
+        """ids: [B, N] full-vocabulary ids of B sequences; frame_start: [B] int64 index of each
+        sequence's first <racm3:break>; allowed: [B, N, N] bool attention mask (None: causal);
+        index: [B, N] int64 logical index of every token, which sets its MM-RoPE position (None:
+        0..N-1; AR-DF sequences repeat a frame's indices, see ``train.ardf``). Returns
+        final-normed hidden states [B, N, D]."""
         b, n = ids.shape
-        index = torch.arange(n).repeat(b)
+        if index is None:
+            index = torch.arange(n).repeat(b)
+        elif index.shape != ids.shape:
+            raise ValueError(f"index must be {list(ids.shape)} like ids, got {list(index.shape)}")
+        else:
+            index = index.to(torch.int64).reshape(-1)
         starts = frame_start.to(torch.int64).repeat_interleave(n)
         positions = video_positions(index, starts, self.config.video_rows, self.config.video_cols)
         cos, sin = self.rope.cos_sin(positions)  # [B*N, hd] each
         x = self.embed[self.vocab.compact(ids)]  # [B, N, D]
-        mask = None if allowed is None else allowed[:, None]
+        mask = None if allowed is None else additive_mask(allowed)[:, None]
         for layer in range(len(self.layers)):
             x = self.layer_forward(x, self.layer_weights(layer), cos, sin, mask)
         return rms_norm(x, self.norm, self.config.rms_norm_eps)
 
     def layer_forward(self, x, w: LayerWeights, cos, sin, mask) -> torch.Tensor:
-        """x: [B, N, D]; cos, sin: [B*N, hd]; mask: [B, 1, N, N] bool or None (causal)."""
+        """x: [B, N, D]; cos, sin: [B*N, hd]; mask: [B, 1, N, N] float (0 / -inf) or None
+        (causal)."""
         eps = self.config.rms_norm_eps
         h = x + self.attention(rms_norm(x, w.input_layernorm, eps), w, cos, sin, mask)
         return h + mlp(rms_norm(h, w.post_attention_layernorm, eps), w)
@@ -155,6 +175,56 @@ class TrainableLumos(nn.Module):
         the other ids (they share one row, so it is their logit + log(num_rest))."""
         rest = hidden @ self.lm_head_rest + math.log(self.vocab.num_rest)
         return torch.cat([F.linear(hidden, self.lm_head), rest[..., None]], dim=-1)
+
+    def visual_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [..., D] -> [..., V - visual_base] logits of the visual ids (column k: code k),
+        the lm_head restricted to its visual rows as ``reference_ardf.visual_logits`` reads it."""
+        return F.linear(hidden, self.lm_head[self.visual_rows()])
+
+    def visual_rows(self) -> torch.Tensor:
+        """[V - visual_base] int64 rows of the visual ids in ``embed`` / ``lm_head``."""
+        visual = torch.arange(LUMOS_TOKENS.visual_base, self.vocab.vocab_size)
+        return self.vocab.compact(visual)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, vocab: ActiveVocab) -> TrainableLumos:
+        """Load a checkpoint written by ``save_pretrained`` (the writer's inverse) over ``vocab``:
+        its sizes from config.json, its tensors in float32. Raises ValueError when the file is not
+        one this class writes for ``vocab`` (biases, swin-norm, a non-zero embedding outside the
+        vocabulary, or differing lm_head rows there): loading would lose weights."""
+        path = Path(path)
+        config = json.loads((path / "config.json").read_text())
+        ref_config = ReferenceConfig.from_dict(config)
+        if ref_config.attention_bias or ref_config.mlp_bias or ref_config.swin_norm:
+            raise ValueError(f"{path}: biases and swin_norm are not trainable here")
+        model = cls(spec_from_config(config), vocab)
+        tensors = load_checkpoint_tensors(path)
+        check_tensors(tensors, ref_config)
+        model.load_checkpoint_tensors(tensors)
+        return model
+
+    def load_checkpoint_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy full-vocabulary Lumos-1 tensors (``checkpoint_tensors``' keys) into the
+        parameters (module docstring: the other ids' rows must be the writer's)."""
+        embed = tensors["model.embed_tokens.weight"].float()
+        lm_head = tensors["lm_head.weight"].float()
+        ids = torch.tensor(self.vocab.ids)
+        rest = torch.ones(self.vocab.vocab_size, dtype=torch.bool)
+        rest[ids] = False
+        if embed[rest].any():
+            raise ValueError("the checkpoint embeds ids outside the active vocabulary")
+        rest_rows = lm_head[rest]
+        if rest_rows.numel() and not (rest_rows == rest_rows[:1]).all():
+            raise ValueError("the checkpoint's lm_head rows outside the active vocabulary differ")
+        with torch.no_grad():
+            self.embed.copy_(embed[ids])
+            self.lm_head.copy_(lm_head[ids])
+            if rest_rows.numel():
+                self.lm_head_rest.copy_(rest_rows[0])
+            self.norm.copy_(tensors["model.norm.weight"].float())
+            for i, layer in enumerate(self.layers):
+                for attr, key in LAYER_KEYS.items():
+                    layer[attr].copy_(tensors[f"model.layers.{i}.{key}"].float())
 
     def checkpoint_tensors(self, dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
         """Every Lumos-1 checkpoint tensor over the full vocabulary (see the module docstring)."""
@@ -182,6 +252,32 @@ class TrainableLumos(nn.Module):
         save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
         make_tokenizer(self.spec.codebook_size).save_pretrained(str(out))
         return out
+
+
+def additive_mask(allowed: torch.Tensor) -> torch.Tensor:
+    """[..., N, N] bool -> float32 0 / -inf: what attention adds to its scores (made once per
+    forward instead of once per layer from the bool mask; the same attention)."""
+    return torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+
+
+def spec_from_config(config: dict) -> TinyLumosSpec:
+    """The TinyLumosSpec whose ``lumos_config`` is this config.json (``lumos_config``'s inverse)."""
+    dtypes = {name: dtype for dtype, name in SUPPORTED_DTYPES.items()}
+    if config.get("torch_dtype") not in dtypes:
+        raise ValueError(f"config torch_dtype must be one of {sorted(dtypes)}")
+    return TinyLumosSpec(
+        hidden_size=config["hidden_size"],
+        num_attention_heads=config["num_attention_heads"],
+        num_key_value_heads=config["num_key_value_heads"],
+        num_hidden_layers=config["num_hidden_layers"],
+        intermediate_size=config["intermediate_size"],
+        codebook_size=config["codebook_size"],
+        video_rows=config["video_rows"],
+        video_cols=config["video_cols"],
+        dtype=dtypes[config["torch_dtype"]],
+        swin_norm=config.get("swin_norm", False),
+        model_parallel_size=config.get("model_parallel_size", 1),
+    )
 
 
 def layer_shapes(spec: TinyLumosSpec) -> dict[str, tuple[int, ...]]:
