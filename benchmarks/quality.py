@@ -18,7 +18,7 @@ matches token for token where both exist). Next-token decoding is float32 greedy
 is seeded MaskGIT (``--steps-per-frame``, ``--cfg-scale``, ``--top-k``, ``--temperature``).
 
 The model was trained on clips of a few frames, so every video here runs far past the longest
-clip it saw; the prompt's duration token is the training clips' (see ``--help`` of --model).
+clip it saw; the prompt carries the training clips' duration token (the only one it knows).
 
 Writes under ``--out`` (default benchmarks/results/quality/): quality.jsonl (one line per
 setting and scene, per-frame measures), quality.md (the table), quality_<mode>.png (drift
@@ -41,6 +41,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 MODES = ("next-token", "frame-parallel")
 DRIFT_FRAMES = 8  # "first / last eight frames"
+DEFAULT_MODELS = {  # the checkpoint trained for each mode's objective
+    "next-token": "checkpoints/lumos-motion-8x12",
+    "frame-parallel": "checkpoints/lumos-motion-8x12-ardf",
+}
 
 
 @dataclass(frozen=True)
@@ -91,9 +95,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--model",
         type=Path,
         default=None,
-        help="checkpoint (default: checkpoints/lumos-motion-8x12-ardf, trained for both modes, "
-        "else checkpoints/lumos-motion-8x12 for next-token); the prompt's duration token is "
-        "that of the clips in its training.json",
+        help="checkpoint for every mode (default: per mode, the one trained for it: "
+        f"{', '.join(f'{m}: {p}' for m, p in DEFAULT_MODELS.items())}); the prompt's duration "
+        "token is that of the clips in its training.json",
     )
     parser.add_argument("--frames", type=int, default=48, help="generated frames per video (48)")
     parser.add_argument("--scenes", type=int, default=8, help="held-out scenes (default 8)")
@@ -119,9 +123,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--steps-per-frame", type=int, default=8, help="frame-parallel steps")
     parser.add_argument("--cfg-scale", type=float, default=3.0, help="frame-parallel CFG scale")
-    parser.add_argument("--top-k", type=int, default=1, help="frame-parallel top-k (1: argmax)")
     parser.add_argument(
-        "--temperature", type=float, default=1.0, help="frame-parallel re-masking temperature"
+        "--top-k",
+        type=int,
+        default=2000,
+        help="frame-parallel top-k (default 2000, Lumos-1's: every code of a small codebook; "
+        "top-k 1 would make every drawn code's log-probability 0 and the confidence ranking void)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="frame-parallel temperature (default 0: argmax codes, no re-masking noise)",
     )
     parser.add_argument(
         "--speed",
@@ -131,6 +144,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "end-to-end time to the table and plots quality vs speed",
     )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "quality")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="keep --out's quality.jsonl records of the other modes (run modes one at a time)",
+    )
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -147,11 +165,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def default_model(modes: list[str]) -> Path:
-    both = ROOT / "checkpoints" / "lumos-motion-8x12-ardf"
-    if both.is_dir() or "frame-parallel" in modes:
-        return both
-    return ROOT / "checkpoints" / "lumos-motion-8x12"
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it."""
+    return (
+        str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
+    )
+
+
+def model_for(mode: str, args) -> Path:
+    model_dir = args.model or ROOT / DEFAULT_MODELS[mode]
+    if not (model_dir / "training.json").is_file():
+        raise SystemExit(f"model {model_dir}: no training.json (a checkpoint trained here)")
+    return model_dir
 
 
 def settings(args) -> list[Setting]:
@@ -282,6 +307,8 @@ def score(job: Job, tokens: list[list[int]], seconds: float) -> list[dict]:
         records.append(
             {
                 "mode": job.mode,
+                "model": shown(Path(job.model_dir)),
+                "sampler": sampler_of(job),
                 "label": job.setting.label,
                 **asdict(job.setting),
                 "decay": config.decay,
@@ -294,6 +321,14 @@ def score(job: Job, tokens: list[list[int]], seconds: float) -> list[dict]:
             }
         )
     return records
+
+
+def sampler_of(job: Job) -> dict | None:
+    """The frame-parallel sampler's settings (None in next-token mode: greedy)."""
+    if job.mode != "frame-parallel":
+        return None
+    names = ("steps_per_frame", "cfg_scale", "top_k", "temperature")
+    return {name: getattr(job, name) for name in names}
 
 
 def baseline_records(model_dir: Path, frames: int, scenes: int) -> list[dict]:
@@ -342,10 +377,10 @@ def one_job(job_json: str) -> None:
     print(json.dumps(score(job, tokens, seconds)))
 
 
-def jobs(args, model_dir: Path) -> list[Job]:
+def jobs(args) -> list[Job]:
     return [
         Job(
-            str(model_dir),
+            str(model_for(mode, args)),
             mode,
             setting,
             args.frames,
@@ -368,21 +403,19 @@ def main(argv=None) -> None:
     from quality_report import plot_drift, plot_quality_vs_speed, summarise, table
     from tqdm import tqdm
 
-    model_dir = args.model or default_model(args.modes)
-    if not (model_dir / "training.json").is_file():
-        raise SystemExit(f"--model {model_dir}: no training.json (a checkpoint trained here)")
+    path = args.out / "quality.jsonl"
     if args.report_only:
-        records = read_jsonl(args.out / "quality.jsonl")
+        records = read_jsonl(path)
     else:
-        records = baseline_records(model_dir, args.frames, args.scenes)
-        for job in tqdm(jobs(args, model_dir), desc="settings", unit="run"):
+        earlier = read_jsonl(path) if args.append and path.is_file() else []
+        kept = [r for r in earlier if r["mode"] not in args.modes]
+        records = kept or baseline_records(model_for(args.modes[0], args), args.frames, args.scenes)
+        for job in tqdm(jobs(args), desc="settings", unit="run"):
             records += run_child(job)
         args.out.mkdir(parents=True, exist_ok=True)
-        with open(args.out / "quality.jsonl", "w") as jsonl:
-            for record in records:
-                jsonl.write(json.dumps(record) + "\n")
+        path.write_text("".join(json.dumps(record) + "\n" for record in records))
     summaries = summarise(records, DRIFT_FRAMES, speed_rows(args.speed))
-    text = header(args, model_dir) + table(summaries)
+    text = header(records) + table(summaries)
     (args.out / "quality.md").write_text(text)
     written = plot_drift(summaries, args.out)
     if args.speed:
@@ -401,18 +434,29 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def header(args, model_dir: Path) -> str:
+def header(records: list[dict]) -> str:
+    """What the records were made with: models, scenes, frames, the frame-parallel sampler."""
     from datetime import date
 
     command = "benchmarks/quality.py " + " ".join(sys.argv[1:])
-    fp = (
-        f"frame-parallel: {args.steps_per_frame} steps/frame, CFG {args.cfg_scale}, "
-        f"top-k {args.top_k}, temperature {args.temperature}, seed = scene index"
+    models = {r["mode"]: r["model"] for r in records if "model" in r}
+    scenes = len({r["scene"] for r in records})
+    frames = len(records[0]["cell_accuracy"])
+    sampler = next((r["sampler"] for r in records if r.get("sampler")), None)
+    parallel = (
+        ""
+        if sampler is None
+        else (
+            f"frame-parallel: {sampler['steps_per_frame']} steps/frame, "
+            f"CFG {sampler['cfg_scale']}, top-k {sampler['top_k']}, "
+            f"temperature {sampler['temperature']}, seed = scene index; "
+        )
     )
     return (
-        f"{date.today()}; `{command.strip()}`; model `{model_dir.relative_to(ROOT)}`; "
-        f"{args.scenes} held-out scenes x {args.frames} generated frames; float32; next-token "
-        f"greedy; {fp}. Means over scenes (position error over the objects found). "
+        f"{date.today()}; `{command.strip()}`; "
+        + "; ".join(f"{mode}: model `{model}`" for mode, model in models.items())
+        + f"; {scenes} held-out scenes x {frames} generated frames; float32; next-token greedy; "
+        f"{parallel}means over scenes (position error over the objects found); "
         f"'first/last {DRIFT_FRAMES}' = cell accuracy over the first/last {DRIFT_FRAMES} "
         "generated frames.\n\n"
     )

@@ -101,6 +101,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--rows", type=int, default=12, help="frame grid rows of the built model")
     parser.add_argument("--cols", type=int, default=16, help="frame grid cols of the built model")
+    parser.add_argument("--layers", type=int, default=4, help="decoder layers of the built model")
+    parser.add_argument(
+        "--kv-heads",
+        type=int,
+        default=2,
+        help="KV heads of the built model (of 4 query heads; 4 = no GQA, a KV-heavier model "
+        "whose attention reads twice the cache per token)",
+    )
     parser.add_argument(
         "--kv-cache-gib",
         type=float,
@@ -119,19 +127,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)  # fmt: skip
 
 
-def build_model(out: Path, rows: int, cols: int) -> Path:
-    """Lumos-1's layout and proportions, scaled down: GQA 2:1, head_dim 64, MLP 8/3·hidden."""
+def build_model(out: Path, args) -> Path:
+    """Lumos-1's layout and proportions, scaled down: GQA 2:1 (``--kv-heads``), head_dim 64,
+    MLP 8/3·hidden, ``--layers`` layers."""
     from packcache_vllm.model.factory import build_tiny_lumos
 
     return build_tiny_lumos(
         out,
         hidden_size=256,
         num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=4,
+        num_key_value_heads=args.kv_heads,
+        num_hidden_layers=args.layers,
         intermediate_size=688,
-        video_rows=rows,
-        video_cols=cols,
+        video_rows=args.rows,
+        video_cols=args.cols,
         dtype=__import__("torch").float32,
     )
 
@@ -209,7 +218,7 @@ def main(argv=None) -> None:
     from tqdm import tqdm
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = args.model or build_model(Path(tmp) / "model", args.rows, args.cols)
+        model_dir = args.model or build_model(Path(tmp) / "model", args)
         results = [run_child(c) for c in tqdm(configs(args, model_dir), desc="runs", unit="run")]
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "bench.jsonl", "w") as jsonl:
@@ -238,10 +247,17 @@ def header(args) -> str:
     from datetime import date
 
     command = "benchmarks/run.py " + " ".join(sys.argv[1:])
+    model = (
+        f"model {args.model}"
+        if args.model
+        else f"built model: hidden 256, {args.layers} layers, 4 heads / {args.kv_heads} KV heads, "
+        f"{args.rows} x {args.cols} grid"
+    )
     return (
         f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; {date.today()}; "
-        f"`{command.strip()}`; float32; next-token greedy; frame-parallel {args.steps_per_frame} "
-        f"steps/frame, CFG {args.cfg_scale} (blocks per video include its CFG twin); KV pool "
+        f"`{command.strip()}`; {model}; float32; next-token greedy; "
+        f"frame-parallel {args.steps_per_frame} steps/frame, CFG {args.cfg_scale} "
+        "(blocks per video include its CFG twin); KV pool "
         f"{args.kv_cache_gib} GiB per engine; 'videos in the pool' = pool blocks // peak blocks "
         "per video; 'vs' = the mode's baseline (stock vLLM; the full cache in frame-parallel).\n\n"
     )
