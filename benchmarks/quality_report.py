@@ -216,6 +216,9 @@ def plot_quality_vs_speed(summaries: list[Summary], out_dir: Path) -> Path:
                 xytext=(4, 3),
                 textcoords="offset points",
             )
+    baseline = next((s for s in summaries if s.mode == "baseline"), None)
+    if baseline is not None:
+        ax.axhline(100 * baseline.last, color="grey", linestyle="--", label=baseline.label)
     ax.set(
         xlabel="end-to-end speed-up vs the full cache (×)",
         ylabel="cell accuracy, last 8 frames (%)",

@@ -156,8 +156,12 @@ def prompts_for(model_dir: Path, count: int) -> tuple[list[list[int]], int]:
     rows, cols = frame_grid(config)
     rng = random.Random(0)
     texts = [[4 + b for b in f"clip {i}".encode()] for i in range(count)]
+    codebook = config.codebook_size  # the checkpoint's: a trained model's may be small
     prompts = [
-        make_video_prompt(rows, cols, text, with_condition_frame=True, rng=rng) for text in texts
+        make_video_prompt(
+            rows, cols, text, with_condition_frame=True, rng=rng, codebook_size=codebook
+        )
+        for text in texts
     ]
     return prompts, tokens_per_frame(rows, cols)
 
