@@ -213,9 +213,8 @@ def heldout_clips(model_dir: Path, frames: int, scenes: int):
 # --- generation (child process) ------------------------------------------------------------------
 
 
-def generate(job: Job) -> tuple[list[list[int]], float]:
+def generate(job: Job, clips) -> tuple[list[list[int]], float]:
     """Every scene's generated tokens, and the wall time of the generation itself."""
-    clips = heldout_clips(Path(job.model_dir), job.frames, job.scenes)
     if job.setting.runner == "reference":
         return generate_reference(job, clips)
     return generate_engine(job, clips)
@@ -293,12 +292,11 @@ def generate_reference(job: Job, clips) -> tuple[list[list[int]], float]:
 # --- scoring -------------------------------------------------------------------------------------
 
 
-def score(job: Job, tokens: list[list[int]], seconds: float) -> list[dict]:
+def score(job: Job, clips, tokens: list[list[int]], seconds: float) -> list[dict]:
     """One record per scene: the setting, and each measure per generated frame."""
     from packcache_vllm.video.quality import frame_quality
     from packcache_vllm.video.tokens import decode_frames
 
-    clips = heldout_clips(Path(job.model_dir), job.frames, job.scenes)
     config = job.setting.config()
     records = []
     for i, (clip, generated) in enumerate(zip(clips, tokens, strict=True)):
@@ -373,8 +371,9 @@ def run_child(job: Job) -> list[dict]:
 def one_job(job_json: str) -> None:
     fields = json.loads(job_json)
     job = Job(**{**fields, "setting": Setting(**fields["setting"])})
-    tokens, seconds = generate(job)
-    print(json.dumps(score(job, tokens, seconds)))
+    clips = heldout_clips(Path(job.model_dir), job.frames, job.scenes)
+    tokens, seconds = generate(job, clips)
+    print(json.dumps(score(job, clips, tokens, seconds)))
 
 
 def jobs(args) -> list[Job]:
@@ -424,8 +423,11 @@ def main(argv=None) -> None:
     print("written:", args.out / "quality.jsonl", args.out / "quality.md", *written)
 
 
-def speed_rows(path: Path | None) -> list[dict]:
-    return [] if path is None else read_jsonl(path)
+def speed_rows(path: Path | None) -> list:
+    """``benchmarks/run.py`` results as its table rows (``bench_report.Row``)."""
+    from bench_report import row_of
+
+    return [] if path is None else [row_of(result) for result in read_jsonl(path)]
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -36,7 +36,7 @@ def nanmean(values: list[float]) -> float:
     return statistics.mean(kept) if kept else math.nan
 
 
-def summarise(records: list[dict], drift: int, speed_rows: list[dict]) -> list[Summary]:
+def summarise(records: list[dict], drift: int, speed_rows: list) -> list[Summary]:
     groups: dict[tuple[str, str], list[dict]] = {}
     for record in records:
         groups.setdefault((record["mode"], record["label"]), []).append(record)
@@ -84,42 +84,29 @@ def matching_quality(
     )
 
 
-def match_speed(record: dict, speed_rows: list[dict]) -> tuple[float | None, str | None]:
-    """The end-to-end speed-up vs the full cache of the benchmark row with the same mode, policy
-    and window, in its longest, most concurrent workload."""
+def match_speed(record: dict, speed_rows: list) -> tuple[float | None, str | None]:
+    """The end-to-end speed-up vs the full cache of the benchmark row (``bench_report.Row``, its
+    window resolved from the preset) with the same mode, policy and window, in its longest, most
+    concurrent workload."""
     if record["mode"] == "baseline" or record.get("selector", "uniform") != "uniform":
         return None, None
-    candidates = [r for r in speed_rows if same_setting(r["config"], record)]
+    setting = (record["mode"], record["policy"], record["window"])
+    candidates = [r for r in speed_rows if (r.mode, r.policy, r.window) == setting]
     if not candidates:
         return None, None
-    best = max(candidates, key=lambda r: (r["config"]["frames"], r["config"]["requests"]))
-    config = best["config"]
+    best = max(candidates, key=lambda r: (r.frames, r.requests))
+    workload = (best.mode, best.frames, best.requests)
     full = next(
         (
             r
             for r in speed_rows
-            if r["config"]["policy"] == "full" and same_workload(r["config"], config)
+            if r.policy == "full" and (r.mode, r.frames, r.requests) == workload
         ),
         None,
     )
     if full is None:
         return None, None
-    workload = f"{config['requests']} videos x {config['frames']} frames"
-    return full["end_to_end_s"] / best["end_to_end_s"], workload
-
-
-def same_setting(config: dict, record: dict) -> bool:
-    from packcache_vllm.core.budget import PackCacheConfig
-
-    if config["policy"] not in ("full", "sliding", "packcache") or config["mode"] != record["mode"]:
-        return False
-    knobs = {} if config["window"] is None else {"window": config["window"]}
-    window = PackCacheConfig.preset(config["policy"], **knobs).window
-    return config["policy"] == record["policy"] and window == record["window"]
-
-
-def same_workload(a: dict, b: dict) -> bool:
-    return all(a[k] == b[k] for k in ("mode", "frames", "requests"))
+    return full.end_to_end_s / best.end_to_end_s, f"{best.requests} videos x {best.frames} frames"
 
 
 # --- table ---------------------------------------------------------------------------------------

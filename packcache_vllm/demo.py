@@ -23,6 +23,7 @@ from packcache_vllm.core.budget import PRESETS, PackCacheConfig
 from packcache_vllm.core.layout import tokens_per_frame
 from packcache_vllm.train import MOTION_CHECKPOINT
 from packcache_vllm.video.client import with_first_frame
+from packcache_vllm.video.quality import decoded_accuracy
 from packcache_vllm.video.render import to_rgb, write_video
 from packcache_vllm.video.scene import random_scene
 from packcache_vllm.video.tokens import SceneClip, decode_frames, scene_clip
@@ -58,9 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def policy_knobs(args: argparse.Namespace) -> dict[str, int]:
+    """--window applies to packcache only (the other presets fix their window)."""
+    return {"window": args.window} if args.policy == "packcache" else {}
+
+
 def policy_config(args: argparse.Namespace) -> PackCacheConfig:
-    knobs = {"window": args.window} if args.policy == "packcache" else {}
-    return PackCacheConfig.preset(args.policy, **knobs)
+    return PackCacheConfig.preset(args.policy, **policy_knobs(args))
 
 
 def make_engine(model_dir: Path, args: argparse.Namespace):
@@ -68,7 +73,6 @@ def make_engine(model_dir: Path, args: argparse.Namespace):
 
     from packcache_vllm.cli import engine_overrides
 
-    knobs = {"window": args.window} if args.policy == "packcache" else {}
     return LLM(
         str(model_dir),
         dtype="float32",
@@ -77,7 +81,7 @@ def make_engine(model_dir: Path, args: argparse.Namespace):
         kv_cache_memory_bytes=64 << 20,
         max_model_len=4096,
         seed=0,
-        **engine_overrides(args.policy, **knobs),
+        **engine_overrides(args.policy, **policy_knobs(args)),
     )
 
 
@@ -97,7 +101,7 @@ def report_video(index: int, clip: SceneClip, tokens: list[int], out: Path) -> d
     """Decode, compare with the scene's true motion, write the files; returns a record."""
     truth = clip.frames[1:]
     decoded = decode_frames(tokens, clip.scene.rows, clip.scene.cols, strict=False)
-    match = ((decoded.cells == truth) & decoded.valid).float().mean().item()
+    match = decoded_accuracy(decoded.cells, decoded.valid, truth).mean().item()
     copy_first = (clip.frames[:1] == truth).float().mean().item()
     files = write_video(to_rgb(with_first_frame(clip.frames[0], decoded)), out / f"video-{index}")
     print(f"video {index}: {clip.scene.caption()}")

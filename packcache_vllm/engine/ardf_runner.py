@@ -191,9 +191,11 @@ class ARDFRunnerMixin:
         )
         denoising = [r for r in self.step_rows if r.kind is RowKind.DENOISE]
         by_id = {r.request_id: r for r in denoising}
-        conditioned = [r for r in denoising if not twins.is_twin(r.request_id)]
-        guided = [r for r in conditioned if self.canvases[r.request_id].params.cfg_scale != 1]
-        unguided = [r for r in conditioned if r not in guided]
+        guided, unguided = [], []
+        for step_row in denoising:
+            if not twins.is_twin(step_row.request_id):
+                params = self.canvases[step_row.request_id].params
+                (guided if params.cfg_scale != 1 else unguided).append(step_row)
         self.denoise(unguided, None, hidden_states)
         self.denoise(guided, [self.twin_row(r, by_id) for r in guided], hidden_states)
         committing = [r for r in self.step_rows if r.kind is RowKind.COMMIT]

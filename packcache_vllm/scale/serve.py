@@ -16,12 +16,12 @@ deploy`` at once with the knob named, before any replica starts.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from packcache_vllm.cli import V2_RUNNER_ENV, engine_overrides
+from packcache_vllm.cli import engine_overrides
+from packcache_vllm.scale.settings import runner_choice_env
 
 ENGINE_DEFAULTS = {"enforce_eager": True, "block_size": 32}
 # Ray Serve reserves these per replica; vLLM's own defaults would ask for a GPU.
@@ -112,10 +112,8 @@ def llm_config(settings: ServeSettings):
 
 
 def replica_env(settings: ServeSettings) -> dict[str, str]:
-    """``env_vars`` plus this process's ``VLLM_USE_V2_MODEL_RUNNER`` (the CUDA check reads it
-    here), so replicas run what was checked."""
-    passed_on = {V2_RUNNER_ENV: os.environ[V2_RUNNER_ENV]} if V2_RUNNER_ENV in os.environ else {}
-    return {**passed_on, **settings.env_vars}
+    """``env_vars`` over this process's runner choice (``settings.runner_choice_env``)."""
+    return {**runner_choice_env(), **settings.env_vars}
 
 
 def build_app(args: dict):

@@ -18,14 +18,15 @@ DTYPES = ("float32", "bfloat16", "float16")
 REPLICA_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
+def runner_choice_env() -> dict[str, str]:
+    """This process's choice of vLLM model runner (``VLLM_USE_V2_MODEL_RUNNER``, which the CUDA
+    check reads here), to pass on to replicas so they run what was checked; {} if unset."""
+    return {V2_RUNNER_ENV: os.environ[V2_RUNNER_ENV]} if V2_RUNNER_ENV in os.environ else {}
+
+
 def replica_env() -> dict[str, str]:
-    """The replicas' environment: REPLICA_ENV, plus this process's choice of vLLM model runner
-    (``VLLM_USE_V2_MODEL_RUNNER``, which the CUDA check reads here) so replicas run what was
-    checked."""
-    env = dict(REPLICA_ENV)
-    if V2_RUNNER_ENV in os.environ:
-        env[V2_RUNNER_ENV] = os.environ[V2_RUNNER_ENV]
-    return env
+    """The batch replicas' environment: REPLICA_ENV and ``runner_choice_env()``."""
+    return {**REPLICA_ENV, **runner_choice_env()}
 
 
 @dataclass(frozen=True)

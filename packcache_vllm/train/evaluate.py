@@ -34,6 +34,7 @@ from packcache_vllm.core.maskgit import ARDFSamplingParams, history_mask, visual
 from packcache_vllm.reference import KeepPolicy, NoEviction, ReferenceVideoModel
 from packcache_vllm.reference_ardf import ARDFSession, FrameAttention, generate_ardf
 from packcache_vllm.train.ardf import canvas_cell_mask, mask_cells
+from packcache_vllm.video.quality import decoded_accuracy
 from packcache_vllm.video.tokens import SceneClip, decode_frames, frame_tokens
 
 # Deterministic frame-parallel sampling for evaluation: argmax draws (temperature 0, so no
@@ -56,8 +57,7 @@ def cell_accuracy(predicted_tokens: list[int], truth: torch.Tensor) -> torch.Ten
     """predicted_tokens: whole frames of tokens; truth: [T, rows, cols]. Returns [T] accuracy."""
     _, rows, cols = truth.shape
     decoded = decode_frames(predicted_tokens, rows, cols, strict=False)
-    correct = (decoded.cells == truth) & decoded.valid
-    return correct.float().mean(dim=(1, 2))
+    return decoded_accuracy(decoded.cells, decoded.valid, truth)
 
 
 def copy_accuracy(source: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:

@@ -11,12 +11,12 @@ every continuation token (cells and frame markers) over the full vocabulary (see
 ``train.model``). AdamW, linear warm-up then cosine decay, gradient clipping at 1. Deterministic:
 same arguments, same machine, same checkpoint (seeded init, seeded scenes, no dropout).
 
-Cost: the defaults (400 steps) took 6.2 minutes of wall time on 2 shared CPU cores (about 0.25 s
-per step when the machine is otherwise idle). At 400 steps the model has learned the frame format
-and the backgrounds but not yet the motion (it does not beat copying the last frame): more steps
-(``--steps 1200`` or more, ~5-15 min idle) are the next thing to try. On one GPU (H100 class) such a
-run takes well under a minute; there one would train a wider model (hidden 256+, 6+ layers) on
-longer clips (16+ frames, pans on) for ~10k steps, with ``--objective both``. An AR-DF step
+Cost: about 0.25 s per step of 8 six-frame clips on this idle 2-core CPU (0.67 s with
+``--frames 16``). 400 steps learn the frame format and the backgrounds but not yet the motion;
+the committed ``lumos-motion-8x12`` took 4000 (its README has the command and the numbers).
+On one GPU (H100 class) such a run takes well under a minute; there one would train a wider
+model (hidden 256+, 6+ layers) on longer clips (16+ frames, pans on) for ~10k steps, with
+``--objective both``. An AR-DF step
 costs about 3x a next-token one (a longer sequence, a general attention mask); ``both``: 1.3 s per
 step of 8 clips with ``--threads 1`` on the loaded 2-core machine, where ``--threads 2`` was ~7x
 slower (threads waiting on each other when the other jobs hold the cores).

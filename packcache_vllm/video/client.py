@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from packcache_vllm.core.layout import tokens_per_frame
+from packcache_vllm.video.quality import decoded_accuracy
 from packcache_vllm.video.render import to_rgb, write_video
 from packcache_vllm.video.scene import random_scene, render_clip
 from packcache_vllm.video.tokens import DecodedFrames, decode_frames, scene_prompt
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     prompt = scene_prompt(scene, truth[0])
     tokens = stream_video_tokens(client, model, prompt, args.frames, per_frame, dict(args.xarg))
     generated = decode_frames(tokens, args.rows, args.cols, strict=False)
-    match = ((generated.cells == truth[1:]) & generated.valid).float().mean().item()
+    match = decoded_accuracy(generated.cells, generated.valid, truth[1:]).mean().item()
     files = write_video(to_rgb(with_first_frame(truth[0], generated)), args.out, fps=args.fps)
     record = {"scene": args.scene, "caption": scene.caption(), "model": model, "prompt": prompt,
               "generated": tokens, "match": match}  # fmt: skip

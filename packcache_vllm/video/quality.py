@@ -36,6 +36,12 @@ class FrameQuality:
         return {name: getattr(self, name).tolist() for name in self.__dataclass_fields__}
 
 
+def decoded_accuracy(cells: torch.Tensor, valid: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """cells, valid, truth: [T, rows, cols] (``decode_frames`` output and the true frames) ->
+    [T] fraction of cells holding the true palette index (an invalid cell is wrong)."""
+    return ((cells == truth) & valid).float().mean(dim=(1, 2))
+
+
 def object_colours(scene: Scene) -> list[tuple[int, ...]]:
     """Each object's palette indices: its colour, then its stripe colour if striped."""
     return [
@@ -84,7 +90,7 @@ def frame_quality(
         visible.append(in_truth)
     errors_t = torch.stack(errors)  # [objects, T]
     return FrameQuality(
-        cell_accuracy=correct.float().mean(dim=(1, 2)),
+        cell_accuracy=decoded_accuracy(cells, valid, truth),
         background_accuracy=(correct & background).sum(dim=(1, 2)).float()
         / background.sum(dim=(1, 2)).clamp(min=1).float(),
         position_error=errors_t.nanmean(dim=0),

@@ -1,6 +1,9 @@
 """The AR-DF training objective computes what frame-parallel inference computes (same tokens,
 indices and attention as ``reference_ardf``), its loss covers the masked cells only, next-token
-training is unchanged, and the committed AR-DF checkpoint beats copying frames on held-out clips."""
+training is unchanged, and the committed AR-DF checkpoint: far better at masked cells than the
+next-token checkpoint it was fine-tuned from, and still better than copying the last frame at
+next-token prediction (at masked cells it does not yet beat copying the previous frame: see its
+README)."""
 
 from __future__ import annotations
 
