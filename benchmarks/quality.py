@@ -4,18 +4,16 @@
     .venv/bin/python benchmarks/quality.py --modes next-token --frames 24 --scenes 4
 
 For every generation mode and every policy setting (the full cache, sliding windows, PackCache
-over a W sweep, and PackCache with the key-norm selector, which only the dense reference
-implements), the trained tiny Lumos-1 generates ``--frames`` frames for ``--scenes`` held-out
-scenes (``random_scene("heldout-<i>")``, never trained on), image-to-video: the caption and the
-true first frame. Each generated frame is compared with the scene's true motion
-(``packcache_vllm.video.quality``): cell accuracy, background accuracy, object position error,
-objects lost; drift is the accuracy of the first vs the last eight frames. The copy-the-first-frame
-baseline is scored the same way.
+over a W sweep, and PackCache with the key-norm selector), the trained tiny Lumos-1 generates
+``--frames`` frames for ``--scenes`` held-out scenes (``random_scene("heldout-<i>")``, never
+trained on), image-to-video: the caption and the true first frame. Each generated frame is
+compared with the scene's true motion (``packcache_vllm.video.quality``): cell accuracy,
+background accuracy, object position error, objects lost; drift is the accuracy of the first vs
+the last eight frames. The copy-the-first-frame baseline is scored the same way.
 
-Engine rows run in vLLM with the plugin, one child process per setting (all scenes batched);
-key-norm rows run the dense PyTorch reference (the same model and policy math, which the engine
-matches token for token where both exist). Next-token decoding is float32 greedy; frame-parallel
-is seeded MaskGIT (``--steps-per-frame``, ``--cfg-scale``, ``--top-k``, ``--temperature``).
+Every setting runs in vLLM with the plugin, one child process per setting (all scenes batched).
+Next-token decoding is float32 greedy; frame-parallel is seeded MaskGIT (``--steps-per-frame``,
+``--cfg-scale``, ``--top-k``, ``--temperature``).
 
 The model was trained on clips of a few frames, so every video here runs far past the longest
 clip it saw; the prompt carries the training clips' duration token (the only one it knows).
@@ -49,13 +47,11 @@ DEFAULT_MODELS = {  # the checkpoint trained for each mode's objective
 
 @dataclass(frozen=True)
 class Setting:
-    """One policy setting. policy: a --kv-policy preset; runner: "engine" (vLLM) or
-    "reference" (the dense PyTorch model)."""
+    """One policy setting. policy: a --kv-policy preset."""
 
     policy: str
     window: int | None = None
     selector: str = "uniform"
-    runner: str = "engine"
 
     @property
     def label(self) -> str:
@@ -119,7 +115,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--key-norm-window",
         type=int,
         default=4,
-        help="W of the key-norm selector row (dense reference; 0: no such row)",
+        help="W of the PackCache row with the key-norm selector (0: no such row)",
     )
     parser.add_argument("--steps-per-frame", type=int, default=8, help="frame-parallel steps")
     parser.add_argument("--cfg-scale", type=float, default=3.0, help="frame-parallel CFG scale")
@@ -184,7 +180,7 @@ def settings(args) -> list[Setting]:
     rows += [Setting("sliding", w) for w in args.sliding_windows]
     rows += [Setting("packcache", w) for w in args.windows]
     if args.key_norm_window:
-        rows.append(Setting("packcache", args.key_norm_window, "key_norm", "reference"))
+        rows.append(Setting("packcache", args.key_norm_window, "key_norm"))
     return rows
 
 
@@ -215,18 +211,13 @@ def heldout_clips(model_dir: Path, frames: int, scenes: int):
 
 def generate(job: Job, clips) -> tuple[list[list[int]], float]:
     """Every scene's generated tokens, and the wall time of the generation itself."""
-    if job.setting.runner == "reference":
-        return generate_reference(job, clips)
-    return generate_engine(job, clips)
-
-
-def generate_engine(job: Job, clips) -> tuple[list[list[int]], float]:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm import LLM, SamplingParams
 
     from packcache_vllm.cli import engine_overrides
 
     knobs = {} if job.setting.window is None else {"window": job.setting.window}
+    knobs["selector"] = job.setting.selector
     llm = LLM(
         job.model_dir,
         dtype="float32",
@@ -270,23 +261,6 @@ def ardf_params(job: Job, scene: int):
         temperature=job.temperature,
         seed=scene,
     )
-
-
-def generate_reference(job: Job, clips) -> tuple[list[list[int]], float]:
-    from packcache_vllm.reference import PackCachePolicy, ReferenceVideoModel
-    from packcache_vllm.reference_ardf import generate_ardf
-
-    model = ReferenceVideoModel.from_pretrained(Path(job.model_dir))
-    config = job.setting.config()
-    start, tokens = time.perf_counter(), []
-    for i, clip in enumerate(clips):
-        if job.mode == "frame-parallel":
-            result = generate_ardf(model, clip.prompt, job.frames, ardf_params(job, i), config)
-        else:
-            num_tokens = job.frames * clip.layout.tokens_per_frame
-            result = model.generate(clip.prompt, clip.layout, num_tokens, PackCachePolicy(config))
-        tokens.append(list(result.token_ids))
-    return tokens, time.perf_counter() - start
 
 
 # --- scoring -------------------------------------------------------------------------------------

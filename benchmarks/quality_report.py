@@ -16,7 +16,7 @@ class Summary:
     mode: str
     label: str
     policy: str  # a --kv-policy preset; "–" for the baseline
-    runner: str | None  # "engine", "reference"; None for the baseline
+    selector: str | None  # None for the baseline
     window: int | None
     decay: float | None
     min_keep: float | None
@@ -53,7 +53,7 @@ def summarise(records: list[dict], drift: int, speed_rows: list) -> list[Summary
                 mode=mode,
                 label=label,
                 policy=first["policy"],
-                runner=first.get("runner"),
+                selector=first.get("selector"),
                 window=first.get("window"),
                 decay=first.get("decay"),
                 min_keep=first.get("min_keep"),
@@ -71,14 +71,14 @@ def summarise(records: list[dict], drift: int, speed_rows: list) -> list[Summary
 def matching_quality(
     summaries: list[Summary], mode: str, policy: str, window: int | None
 ) -> Summary | None:
-    """The engine summary with this mode, policy ("stock" reads as "full": token-exact while
-    nothing is evicted) and resolved window."""
+    """The uniform-selector summary with this mode, policy ("stock" reads as "full":
+    token-exact while nothing is evicted) and resolved window."""
     policy = "full" if policy == "stock" else policy
     return next(
         (
             s
             for s in summaries
-            if (s.mode, s.policy, s.window, s.runner) == (mode, policy, window, "engine")
+            if (s.mode, s.policy, s.window, s.selector) == (mode, policy, window, "uniform")
         ),
         None,
     )
@@ -114,9 +114,9 @@ def match_speed(record: dict, speed_rows: list) -> tuple[float | None, str | Non
 
 def table(summaries: list[Summary]) -> str:
     head = (
-        "| mode | setting | run in | W | ρ | b_min | history (frames) | cell acc | first 8 "
+        "| mode | setting | W | ρ | b_min | history (frames) | cell acc | first 8 "
         "| last 8 | background acc | position error (cells) | objects lost | end-to-end vs full |\n"
-        + "|---" * 14
+        + "|---" * 13
         + "|\n"
     )
     lines = []
@@ -125,7 +125,6 @@ def table(summaries: list[Summary]) -> str:
         cells = [
             s.mode,
             s.label,
-            s.runner or "–",
             fmt(s.window),
             fmt(s.decay),
             fmt(s.min_keep),

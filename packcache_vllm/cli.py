@@ -397,7 +397,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help=(
             "Which tokens of a thinned frame survive: uniform (evenly spread over the frame) "
-            "or key_norm (largest key norms; the dense reference only: the engine refuses it). "
+            "or key_norm (largest key norms in the last layer, read by the worker when the "
+            "frame completes). "
             "Preset: uniform."
         ),
     )

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from packcache_vllm.core.layout import FrameLayout, find_frame_start
 from packcache_vllm.core.rope import MMRoPE, rotate
+from packcache_vllm.core.select import key_layer
 
 QK_NORM_EPS = 1e-5
 DEFAULT_GRID = (48, 84)  # Lumos-1 at 672x384 (config_hook.DEFAULT_GRID)
@@ -436,8 +437,9 @@ class PackCachePolicy:
 
     orders: None (the config's selector) or one explicit permutation of the F frame offsets used
     for every frame. A selector that reads keys (``needs_keys``) orders each frame once, when it
-    completes, from that frame's keys in layer ``key_layer``; such a policy remembers the orders
-    of one request, so use one instance per request.
+    completes, from that frame's keys in layer ``key_layer`` (None: the layer the engine reads,
+    ``core.select.key_layer``); such a policy remembers the orders of one request, so use one
+    instance per request.
     """
 
     def __init__(
@@ -445,7 +447,7 @@ class PackCachePolicy:
         config,
         orders: Sequence[int] | torch.Tensor | None = None,
         *,
-        key_layer: int = 0,
+        key_layer: int | None = None,
     ) -> None:
         self.config = config
         self.key_layer = key_layer
@@ -495,12 +497,12 @@ class PackCachePolicy:
                 f"ordered {len(self._frame_orders)} frames and was asked about "
                 f"{num_complete_frames}; make a new policy per request"
             )
-        if not 0 <= self.key_layer < len(newest_frame_keys):
+        layer = key_layer(len(newest_frame_keys)) if self.key_layer is None else self.key_layer
+        if not 0 <= layer < len(newest_frame_keys):
             raise ValueError(
-                f"key_layer {self.key_layer} is out of range: the model has "
-                f"{len(newest_frame_keys)} layers"
+                f"key_layer {layer} is out of range: the model has {len(newest_frame_keys)} layers"
             )
-        keys = newest_frame_keys[self.key_layer]
+        keys = newest_frame_keys[layer]
         order = self.selector.order(layout.rows, layout.cols, keys).to(torch.int64).cpu()
         check_permutation(order, per_frame)
         self._frame_orders.append(order)

@@ -38,8 +38,22 @@ def _check_grid(rows: int, cols: int) -> None:
             raise ValueError(f"selector {name} must be an integer >= 1, got {value!r}")
 
 
+def key_layer(num_layers: int) -> int:
+    """The attention layer whose cached keys a key-reading selector reads: the last one.
+
+    One order per frame serves every layer (a kept token keeps its K and V in all layers). Not
+    the first layer: its keys are a function of the token id alone (no attention has mixed in
+    any context yet), so every cell of the same code ties and the order degenerates to a
+    ranking of codes.
+    """
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"a key-reading selector needs >= 1 attention layer, got {num_layers!r}")
+    return num_layers - 1
+
+
 class Selector(abc.ABC):
-    """One token-priority policy. ``needs_keys``: ``order`` reads the frame's keys."""
+    """One token-priority policy. ``needs_keys``: ``order`` reads the frame's keys (of the
+    layer ``key_layer`` names)."""
 
     name: ClassVar[str]
     needs_keys: ClassVar[bool]

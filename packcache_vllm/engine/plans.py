@@ -1,6 +1,8 @@
 """What the scheduler tells the workers about one request's compaction, once per completed frame.
 
-Slots are global cache slots (``block_id * block_size + offset``). The worker gathers every
+Slots are global cache slots (``block_id * block_size + offset``). The worker first puts every
+frame of ``frames_to_order`` into its selector's priority order in place (a key-reading selector:
+the order comes from the frame's cached keys, which only the worker has), then gathers every
 source before scattering (so overlapping moves are safe), then rotates the anchors' keys so that
 they sit ``t_stride * dropped_frames`` later in time (the rebase), then replaces the request's
 block-table row with ``block_ids``.
@@ -12,6 +14,19 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class FramesToOrder:
+    """Frames that complete in this compaction, for a selector that reads keys.
+
+    slots: per frame, its F global slots in frame-offset (raster) order. The worker reorders
+    each frame's tokens within these slots so that slot i holds the token of priority i; the
+    moves of the plan were made for that arrangement (they keep a prefix of each frame).
+    """
+
+    selector: str
+    slots: tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True)
 class WorkerPlan:
     src_slots: tuple[int, ...]
     dst_slots: tuple[int, ...]
@@ -20,3 +35,4 @@ class WorkerPlan:
     dropped_frames: int  # generated frames dropped whole so far
     anchor_len: int  # physical slots [0, anchor_len) hold the anchors, never moved
     t_stride: int  # MM-RoPE time units per frame
+    frames_to_order: FramesToOrder | None = None  # None: the scheduler's orders were final

@@ -21,7 +21,6 @@ from packcache_vllm.cli import (
 )
 from packcache_vllm.core.budget import PackCacheConfig
 from packcache_vllm.core.layout import FrameLayout, find_frame_start
-from packcache_vllm.core.select import make_selector
 from packcache_vllm.engine import ardf_requests
 from packcache_vllm.model.config_hook import frame_grid
 
@@ -34,17 +33,7 @@ def engine_policy(vllm_config) -> PackCacheConfig | None:
 
 def request_policy(base: PackCacheConfig, sampling_params) -> PackCacheConfig:
     """The policy of one request: the engine's, with the request's overrides applied."""
-    config = parse_request_overrides(getattr(sampling_params, "extra_args", None), base)
-    check_engine_supports(config)
-    return config
-
-
-def check_engine_supports(config: PackCacheConfig) -> None:
-    if make_selector(config.selector).needs_keys:
-        raise ValueError(
-            f"packcache selector {config.selector!r} reads cached keys, which the engine does "
-            "not do yet (the reference does); use selector 'uniform'"
-        )
+    return parse_request_overrides(getattr(sampling_params, "extra_args", None), base)
 
 
 def video_layout(vllm_config, prompt_token_ids) -> FrameLayout:

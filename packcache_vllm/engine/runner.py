@@ -4,10 +4,12 @@
 runner (CPU_ATTN) and ``gpu_runner.PackCacheGPUModelRunner`` on the V1 GPU runner.
 
 Per step, before vLLM's own ``execute_model``:
-1. each ``WorkerPlan`` in the SchedulerOutput is executed on every layer's paged KV tensor: the
-   kept tokens are moved to their packed slots (through the access the backend's learned page
-   order calls for: ``kv_access``), the anchors' keys are re-rotated to the request's time
-   rebase, and the request's block-table row is replaced by the packed block list;
+1. each ``WorkerPlan`` in the SchedulerOutput is executed on every layer's paged KV tensor:
+   frames that complete under a key-reading selector are first sorted in place into the order
+   their keys give (in the layer ``core.select.key_layer`` names), then the kept tokens are
+   moved to their packed slots (through the access the backend's learned page order calls
+   for: ``kv_access``), the anchors' keys are re-rotated to the request's time rebase, and the
+   request's block-table row is replaced by the packed block list;
 2. after vLLM prepares the inputs, slot mapping and attention ``seq_lens`` are made physical
    (logical - E). Positions stay logical: the model computes MM-RoPE from the logical index, and
    the rebase lives in the anchors' keys (equivalent, since RoPE is relative).
@@ -21,10 +23,12 @@ from __future__ import annotations
 import torch
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 
+from packcache_vllm.core.select import key_layer, make_selector
 from packcache_vllm.engine import compat
 from packcache_vllm.engine.kv_access import KVAccess, kv_access_for
 from packcache_vllm.engine.kv_layout import PageLayout, learn_page_layout
-from packcache_vllm.engine.plans import WorkerPlan
+from packcache_vllm.engine.plans import FramesToOrder, WorkerPlan
+from packcache_vllm.model.config_hook import frame_grid
 
 
 class PackCacheRunnerMixin:
@@ -70,6 +74,8 @@ class PackCacheRunnerMixin:
 
     def apply_plan(self, request_id: str, plan: WorkerPlan) -> None:
         device = self.kv_access.device
+        if plan.frames_to_order is not None:
+            self.order_frames_by_keys(plan.frames_to_order)
         self.kv_access.move(
             self.kv_caches,
             torch.tensor(plan.src_slots, dtype=torch.int64, device=device),
@@ -84,6 +90,22 @@ class PackCacheRunnerMixin:
             self.input_batch.block_table.add_row((block_ids,), row)
         self.evicted_tokens[request_id] = plan.evicted_tokens
         self.dropped_frames[request_id] = plan.dropped_frames
+
+    def order_frames_by_keys(self, frames: FramesToOrder) -> None:
+        """Sort each frame's tokens within its own slots into the selector's priority order,
+        computed from the frame's cached keys in layer ``key_layer`` (all layers move alike)."""
+        selector = make_selector(frames.selector)
+        rows, cols = frame_grid(self.model_config.hf_config)
+        device = self.kv_access.device
+        keys_cache = self.kv_caches[key_layer(len(self.kv_caches))]
+        sources, targets = [], []
+        for frame_slots in frames.slots:
+            slots = torch.tensor(frame_slots, dtype=torch.int64, device=device)  # [F]
+            keys = self.kv_access.read_keys(keys_cache, slots)  # [F, KV, hd]
+            order = selector.order(rows, cols, keys).to(device)  # [F]
+            sources.append(slots[order])
+            targets.append(slots)
+        self.kv_access.move(self.kv_caches, torch.cat(sources), torch.cat(targets))
 
     def rebase_anchor_keys(self, request_id: str, plan: WorkerPlan) -> None:
         """Write the anchors' keys rotated by +t_stride * dropped_frames along t."""

@@ -30,13 +30,8 @@ from packcache_vllm.core.plan import (
 )
 from packcache_vllm.core.select import make_selector
 from packcache_vllm.engine import compat
-from packcache_vllm.engine.plans import WorkerPlan
-from packcache_vllm.engine.requests import (
-    bound_tokens,
-    check_engine_supports,
-    request_policy,
-    video_layout,
-)
+from packcache_vllm.engine.plans import FramesToOrder, WorkerPlan
+from packcache_vllm.engine.requests import bound_tokens, request_policy, video_layout
 from packcache_vllm.metrics import (
     EngineCounters,
     EngineSnapshot,
@@ -82,7 +77,6 @@ class PackCacheScheduler(Scheduler):
         compat.count_physical_tokens(
             self.block_manager, self.evicted_tokens_of, lambda rid: self.admission_blocks_of(rid)
         )
-        check_engine_supports(self.packcache)
         self.counters = EngineCounters()
         engine = str(self.vllm_config.parallel_config.data_parallel_rank)
         self.publisher = SnapshotPublisher(engine, ensure_metrics_dir())
@@ -166,6 +160,7 @@ class PackCacheScheduler(Scheduler):
             moved=plan.num_moves,
             dropped=plan.dropped_frames - kv.state.dropped_frames,
         )
+        frames_to_order = self.frames_to_order(kv, plan.new_state, old_ids)
         kv.state, kv.evicted_tokens = plan.new_state, plan.evicted_tokens
         logger.debug(
             "packcache %s: %d frames complete, %d dropped, E=%d, %d moves, %d blocks freed, "
@@ -178,9 +173,15 @@ class PackCacheScheduler(Scheduler):
             len(freed),
             plan.num_blocks_kept,
         )
-        return self.worker_plan(plan, old_ids, kv.layout)
+        return self.worker_plan(plan, old_ids, kv.layout, frames_to_order)
 
-    def worker_plan(self, plan: CompactionPlan, old_ids: list[int], layout: FrameLayout):
+    def worker_plan(
+        self,
+        plan: CompactionPlan,
+        old_ids: list[int],
+        layout: FrameLayout,
+        frames_to_order: FramesToOrder | None,
+    ) -> WorkerPlan:
         bs = self.block_size
         new_ids = tuple(old_ids[: plan.num_blocks_kept])
         return WorkerPlan(
@@ -191,14 +192,39 @@ class PackCacheScheduler(Scheduler):
             dropped_frames=plan.dropped_frames,
             anchor_len=layout.anchor_len,
             t_stride=layout.t_stride,
+            frames_to_order=frames_to_order,
         )
 
     def frame_orders(self, kv: RequestKV, logical_len: int) -> dict[int, list[int]]:
-        """Priority order of every generated frame complete at ``logical_len`` (same for all:
-        the engine's selectors depend on the frame grid only)."""
-        order = make_selector(kv.config.selector).order(self.frame_rows, self.frame_cols)
+        """Priority order of every generated frame complete at ``logical_len``, as the plan
+        sees it. A grid-only selector gives every frame the same order. For a key-reading one
+        the worker sorts each frame in place when it completes (``frames_to_order``), so the
+        plan sees the identity: slot i of the frame already holds its token of priority i."""
+        selector = make_selector(kv.config.selector)
+        if selector.needs_keys:
+            order = list(range(kv.layout.tokens_per_frame))
+        else:
+            order = selector.order(self.frame_rows, self.frame_cols).tolist()
         complete = kv.layout.num_complete_frames(logical_len) - kv.layout.num_anchor_frames
-        return dict.fromkeys(range(complete), order.tolist())
+        return dict.fromkeys(range(complete), order)
+
+    def frames_to_order(
+        self, kv: RequestKV, new_state: PhysicalState, old_ids: list[int]
+    ) -> FramesToOrder | None:
+        """The global slots of the frames that become history in this compaction (they sit in
+        the tail, in raster order, after the old history), when the selector reads keys."""
+        if not make_selector(kv.config.selector).needs_keys:
+            return None
+        old, frame_len, bs = kv.state, kv.layout.tokens_per_frame, self.block_size
+        tail_start = old.anchor_len + old.history_len
+        slots = []
+        for kept_frame in new_state.frames:
+            if kept_frame.frame < old.num_complete_frames:
+                continue  # history already, stored in priority order
+            start = tail_start + (kept_frame.frame - old.num_complete_frames) * frame_len
+            physical = range(start, start + frame_len)
+            slots.append(tuple(old_ids[s // bs] * bs + s % bs for s in physical))
+        return FramesToOrder(kv.config.selector, tuple(slots)) if slots else None
 
     def kv_of(self, request) -> RequestKV:
         kv = self.request_kv.get(request.request_id)

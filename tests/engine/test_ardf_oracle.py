@@ -78,10 +78,11 @@ def sampler_params(index: int, cfg_scale: float = 1.0) -> ARDFSamplingParams:
     )
 
 
-def vllm_params(params: ARDFSamplingParams, num_frames: int, per_frame: int):
+def vllm_params(params: ARDFSamplingParams, num_frames: int, per_frame: int, **packcache_args):
+    """packcache_args: per-request PackCache overrides (``packcache_selector=...``)."""
     from vllm import SamplingParams
 
-    extra_args = {
+    extra_args = packcache_args | {
         "ardf_steps_per_frame": params.steps_per_frame,
         "ardf_cfg_scale": params.cfg_scale,
         "ardf_top_k": params.top_k,
@@ -97,9 +98,11 @@ def vllm_params(params: ARDFSamplingParams, num_frames: int, per_frame: int):
     )
 
 
-def run_engine(engine, prompts, params, per_frame):
+def run_engine(engine, prompts, params, per_frame, **packcache_args):
     """Generate; returns [(token_ids, trace)] per request, in prompt order."""
-    sampling = [vllm_params(p, n, per_frame) for p, n in zip(params, FRAMES, strict=True)]
+    sampling = [
+        vllm_params(p, n, per_frame, **packcache_args) for p, n in zip(params, FRAMES, strict=True)
+    ]
     outputs = engine.generate([{"prompt_token_ids": p} for p in prompts], sampling, use_tqdm=False)
     runner = runner_of(engine)
     return [(tuple(o.outputs[0].token_ids), trace_of(runner, o.request_id)) for o in outputs]
@@ -212,6 +215,23 @@ def test_guidance_with_twins_and_packcache_matches_reference(
     for i, cfg_scale in enumerate(GUIDANCE):
         changed = guided_packcache_run[i][0] != packcache_run[i][0]
         assert changed == (cfg_scale != 1), f"request {i}: guidance {cfg_scale}"
+
+
+def test_key_norm_selector_with_twins_matches_reference(
+    packcache_ardf_llm, guided_packcache_run, reference, video_prompts, per_frame
+):
+    """Each twin orders its committed frames by its own cached keys, in the worker, as the
+    reference's per-twin policies do; teeth: the video differs from the uniform selector's."""
+    params = [sampler_params(i, GUIDANCE[i]) for i in range(len(video_prompts))]
+    got = run_engine(
+        packcache_ardf_llm, video_prompts, params, per_frame, packcache_selector="key_norm"
+    )
+    config = PackCacheConfig.preset(
+        "packcache", window=WINDOW, min_keep=MIN_KEEP, selector="key_norm"
+    )
+    assert_matches_reference(got, reference, video_prompts, per_frame, config, GUIDANCE)
+    uniform_run = guided_packcache_run
+    assert any(ours[0] != uniform[0] for ours, uniform in zip(got, uniform_run, strict=True))
 
 
 @pytest.mark.parametrize("control", ["causal canvas", "unmasked commit"])

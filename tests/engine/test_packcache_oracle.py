@@ -110,13 +110,50 @@ def test_per_request_override_is_applied(packcache_llm, reference, video_prompts
     assert tuple(out[0].outputs[0].token_ids) == expected
 
 
+def test_key_norm_selector_matches_reference(packcache_llm, reference, video_prompts):
+    """``key_norm`` reads the cached keys of each frame as it completes (in the worker), and
+    every token still equals the reference's with that selector; teeth: at least one video
+    differs from the reference with the uniform selector, so the frames were thinned by key."""
+    from vllm import SamplingParams
+
+    from packcache_vllm.reference import PackCachePolicy
+
+    knobs = {"window": 2, "min_keep": 0.25}
+    layouts = [reference.layout_for(p) for p in video_prompts]
+    lengths = [f * layout.tokens_per_frame for f, layout in zip(FRAMES, layouts, strict=True)]
+    params = [
+        SamplingParams(
+            temperature=0.0,
+            max_tokens=n,
+            ignore_eos=True,
+            detokenize=False,
+            extra_args={"packcache_selector": "key_norm"}
+            | {f"packcache_{k}": v for k, v in knobs.items()},
+        )
+        for n in lengths
+    ]
+    outputs = packcache_llm.generate(
+        [{"prompt_token_ids": p} for p in video_prompts], params, use_tqdm=False
+    )
+    by_key = PackCacheConfig.preset("packcache", selector="key_norm", **knobs)
+    uniform = PackCacheConfig.preset("packcache", **knobs)
+    differs_from_uniform = []
+    for prompt, layout, n, output in zip(video_prompts, layouts, lengths, outputs, strict=True):
+        generated = tuple(output.outputs[0].token_ids)
+        expected = reference.generate(prompt, layout, n, PackCachePolicy(by_key)).token_ids
+        assert generated == expected, f"request {output.request_id}"
+        spread = reference.generate(prompt, layout, n, PackCachePolicy(uniform)).token_ids
+        differs_from_uniform.append(generated != spread)
+    assert any(differs_from_uniform)
+
+
 @pytest.mark.parametrize(
     ("extra_args", "message"),
     [
         ({"packcache_window": 0}, "window"),
         ({"packcache_decay": 1.5}, "decay"),
         ({"packcache_windw": 2}, "packcache_windw"),
-        ({"packcache_selector": "key_norm"}, "key_norm"),
+        ({"packcache_selector": "by_norm"}, "by_norm"),
     ],
 )
 def test_bad_request_override_is_rejected_up_front(

@@ -95,6 +95,27 @@ def test_bad_requests_get_http_400_and_the_server_keeps_serving(
     assert reply.usage.completion_tokens == 8
 
 
+def test_key_norm_request_over_http_matches_reference(
+    packcache_server, tiny_model_dir, video_prompts
+):
+    """``vllm_xargs`` selects key_norm for one request on the multi-process server; its plans
+    (frames to order by their cached keys) reach the worker, and it equals the reference."""
+    from packcache_vllm.reference import PackCachePolicy, ReferenceVideoModel
+
+    url, _ = packcache_server
+    reference = ReferenceVideoModel.from_pretrained(tiny_model_dir)
+    prompt = video_prompts[2]
+    layout = reference.layout_for(prompt)
+    num_tokens = FRAMES * layout.tokens_per_frame
+    xargs = {"packcache_selector": "key_norm"}
+    served = video_tokens(url, tiny_model_dir, prompt, num_tokens, vllm_xargs=xargs)
+    config = PackCacheConfig.preset(
+        "packcache", window=WINDOW, min_keep=MIN_KEEP, selector="key_norm"
+    )
+    expected = reference.generate(prompt, layout, num_tokens, PackCachePolicy(config))
+    assert tuple(served) == expected.token_ids
+
+
 def test_video_client_writes_the_served_video(
     packcache_server, tiny_model_dir, frame_grid, tmp_path
 ):

@@ -412,3 +412,24 @@ def test_reference_and_factory_never_import_vllm():
     )
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_key_norm_reads_the_last_layer_because_the_first_ties_equal_codes(model):
+    """Why ``core.select.key_layer`` is the last layer: in the first, a cell's key is a function
+    of its code alone, so a frame of one repeated code has one key norm for all its cells; by
+    the last layer attention has made every cell's key its own."""
+    from packcache_vllm.core.select import key_layer
+
+    one_code = make_video_prompt(
+        ROWS, COLS, TEXT, with_condition_frame=True, rng=random.Random(1), codebook_size=1
+    )
+    layout = model.layout_for(one_code)
+    session = model.session(layout)  # RebaseMode.POSITIONS: the cache holds unrotated keys
+    session.prefill(one_code)
+    start = layout.frame_span(0)[0] + 3
+    cells = [start + r * (COLS + 1) + c for r in range(ROWS) for c in range(COLS)]
+    norms = [keys[cells].norm(dim=-1).mean(dim=-1) for keys in session.cache.keys]
+    spread = [float((n.max() - n.min()) / n.mean()) for n in norms]
+    assert key_layer(len(norms)) == len(norms) - 1 >= 1
+    assert spread[0] < 1e-6
+    assert spread[-1] > 1e-3

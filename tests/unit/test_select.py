@@ -174,3 +174,11 @@ def test_key_norm_accepts_bfloat16():
 def test_key_norm_needs_keys_of_the_frame(keys):
     with pytest.raises(ValueError, match=r"\[F, num_kv_heads, head_dim\] with F = 12"):
         KeyNormSelector().order(2, 3, keys)
+
+
+@pytest.mark.parametrize("num_layers", [0, -1, 2.0, True])
+def test_key_layer_needs_a_layer_count(num_layers):
+    from packcache_vllm.core.select import key_layer
+
+    with pytest.raises(ValueError, match="attention layer"):
+        key_layer(num_layers)
