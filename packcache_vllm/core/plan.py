@@ -1,11 +1,19 @@
 """From one request's physical KV state to a CompactionPlan: slot moves, blocks to free, new state.
 
-Physical (cache slot) order of a request's KV:
+Physical (cache slot) layout of a request's KV:
 
-    anchors [0, anchor_len)       logical order, kept whole forever
-    history frames, oldest first  each holds the first ``kept`` tokens of its priority order,
-                                  stored in priority order (so keeping fewer is a prefix)
+    anchors [0, anchor_len)       logical order, kept whole forever, never moved
+    history [anchor_len, +H)      the kept tokens of the complete frames, H in all, densely
+                                  packed in no particular order: each frame records the slot of
+                                  each token it keeps (``KeptFrame.slots``, in priority order)
     tail                          the tokens after the last complete frame, in logical order
+                                  (new tokens land at physical = logical - evicted)
+
+Attention over the cache is a set operation (every key carries its own rotary position), so the
+history needs no order. That is what keeps compaction cheap: tokens that leave open holes below
+the new history length, and only the kept tokens above it move into those holes (plus the tail,
+which moves down by what was evicted). A frame that keeps fewer tokens keeps a prefix of its
+priority order, so its kept sets are nested as it ages.
 
 Generated frame g (g = 0 is the first generated frame) covers logical indices
 anchor_len + g * F ... anchor_len + (g + 1) * F - 1; offsets inside a frame are as in FrameLayout.
@@ -24,14 +32,22 @@ from packcache_vllm.core.budget import PackCacheConfig
 
 @dataclass(frozen=True)
 class KeptFrame:
-    """Generated frame ``frame`` keeps the first ``kept`` tokens of its priority order."""
+    """Generated frame ``frame`` keeps the first ``kept`` tokens of its priority order; the
+    token of priority i sits in physical slot ``slots[i]``."""
 
     frame: int
-    kept: int
+    slots: tuple[int, ...]
 
     def __post_init__(self) -> None:
         _check_int("KeptFrame.frame", self.frame, 0)
-        _check_int("KeptFrame.kept", self.kept, 1)
+        if not self.slots:
+            raise ValueError(f"KeptFrame {self.frame} must keep at least one token (slots empty)")
+        for slot in self.slots:
+            _check_int("KeptFrame slot", slot, 0)
+
+    @property
+    def kept(self) -> int:
+        return len(self.slots)
 
 
 @dataclass(frozen=True)
@@ -39,7 +55,8 @@ class PhysicalState:
     """What one request's cache slots hold (see the module docstring).
 
     frames: the history, oldest first; always the frames dropped_frames, dropped_frames + 1, ...
-    (frames leave the history oldest first). dropped_frames: generated frames dropped whole.
+    (frames leave the history oldest first); their slots fill [anchor_len, anchor_len + H)
+    exactly. dropped_frames: generated frames dropped whole.
     """
 
     anchor_len: int
@@ -57,6 +74,12 @@ class PhysicalState:
                     f"PhysicalState.frames must be the consecutive frames from dropped_frames="
                     f"{self.dropped_frames}; position {position} holds frame {kept_frame.frame}"
                 )
+        slots = sorted(slot for kept_frame in self.frames for slot in kept_frame.slots)
+        if slots != list(range(self.anchor_len, self.anchor_len + len(slots))):
+            raise ValueError(
+                f"PhysicalState: the history frames' slots must fill [{self.anchor_len}, "
+                f"{self.anchor_len + len(slots)}) exactly once each, right after the anchors"
+            )
 
     @classmethod
     def initial(cls, anchor_len: int) -> PhysicalState:
@@ -155,11 +178,16 @@ def make_plan(
     num_complete = state.num_complete_frames + tail_len // frame_len
     counts = config.keep_counts(num_complete, frame_len)
     new_dropped = _check_counts(state, counts)
-    new_frames = tuple(KeptFrame(g, counts[g]) for g in range(new_dropped, num_complete))
+    kept = _kept_slots(state, counts, new_dropped, frame_len, orders)
+    history_end = state.anchor_len + sum(len(slots) for slots in kept.values())
+    relocation = _fill_holes(kept, state.anchor_len, history_end)
+    new_frames = tuple(
+        KeptFrame(frame, tuple(relocation.get(slot, slot) for slot in slots))
+        for frame, slots in kept.items()
+    )
     new_state = PhysicalState(state.anchor_len, new_frames, tail_len % frame_len, new_dropped)
 
-    sources = _sources(state, new_state, frame_len, orders)
-    moves = [(src, dst) for dst, src in enumerate(sources, state.anchor_len) if src != dst]
+    moves = [*relocation.items(), *_tail_moves(state, new_state, frame_len)]
     new_len = new_state.physical_len
     num_blocks_kept = -(-new_len // block_size)
     return CompactionPlan(
@@ -177,46 +205,57 @@ def physical_contents(
     state: PhysicalState, orders: Mapping[int, Sequence[int]], tokens_per_frame: int
 ) -> list[int]:
     """The logical index each physical slot holds (anchors are their own index)."""
-    contents = list(range(state.anchor_len))
+    contents = list(range(state.anchor_len)) + [0] * state.history_len
     for kept_frame in state.frames:
         start = state.anchor_len + kept_frame.frame * tokens_per_frame
         order = _order_of(orders, kept_frame.frame, tokens_per_frame)
-        contents.extend(start + offset for offset in order[: kept_frame.kept])
+        for slot, offset in zip(kept_frame.slots, order, strict=False):
+            contents[slot] = start + offset
     tail_start = state.anchor_len + state.num_complete_frames * tokens_per_frame
     contents.extend(range(tail_start, tail_start + state.tail_len))
     return contents
 
 
-def _sources(
+def _kept_slots(
     old: PhysicalState,
-    new: PhysicalState,
+    counts: Sequence[int],
+    new_dropped: int,
     frame_len: int,
     orders: Mapping[int, Sequence[int]],
-) -> list[int]:
-    """For every new physical slot past the anchors, the current slot it is copied from."""
-    old_starts = _history_starts(old)
-    tail_start = old.anchor_len + old.history_len  # the current tail: old tail + appended tokens
-    sources: list[int] = []
-    for kept_frame in new.frames:
-        frame, kept = kept_frame.frame, kept_frame.kept
-        if frame in old_starts:  # already history, stored in priority order: keep a prefix
-            sources.extend(range(old_starts[frame], old_starts[frame] + kept))
-        else:  # completes now: raster order in the tail -> priority order
+) -> dict[int, tuple[int, ...]]:
+    """For every frame of the new history, oldest first, the current slots of the tokens it
+    keeps, in priority order (a frame completing now is still in the tail, in raster order)."""
+    tail_start = old.anchor_len + old.history_len
+    kept = {}
+    for frame in range(new_dropped, len(counts)):
+        count = counts[frame]
+        if frame < old.num_complete_frames:  # already history: keep a prefix
+            kept[frame] = old.frames[frame - old.dropped_frames].slots[:count]
+        else:  # completes now
             frame_start = tail_start + (frame - old.num_complete_frames) * frame_len
             order = _order_of(orders, frame, frame_len)
-            sources.extend(frame_start + offset for offset in order[:kept])
-    new_tail_start = tail_start + (new.num_complete_frames - old.num_complete_frames) * frame_len
-    sources.extend(range(new_tail_start, new_tail_start + new.tail_len))
-    return sources
+            kept[frame] = tuple(frame_start + offset for offset in order[:count])
+    return kept
 
 
-def _history_starts(state: PhysicalState) -> dict[int, int]:
-    """Physical slot where each history frame of ``state`` starts."""
-    starts, slot = {}, state.anchor_len
-    for kept_frame in state.frames:
-        starts[kept_frame.frame] = slot
-        slot += kept_frame.kept
-    return starts
+def _fill_holes(
+    kept: Mapping[int, Sequence[int]], history_start: int, history_end: int
+) -> dict[int, int]:
+    """Source slot -> hole: the kept tokens at or past ``history_end`` move into the slots of
+    [history_start, history_end) that hold no kept token (as many of one as of the other)."""
+    staying = {slot for slots in kept.values() for slot in slots if slot < history_end}
+    holes = [slot for slot in range(history_start, history_end) if slot not in staying]
+    movers = sorted(slot for slots in kept.values() for slot in slots if slot >= history_end)
+    return dict(zip(movers, holes, strict=True))
+
+
+def _tail_moves(old: PhysicalState, new: PhysicalState, frame_len: int) -> list[tuple[int, int]]:
+    """(src, dst) of the new tail's tokens: they follow the frames completing now in the
+    current tail and go right after the new history, in logical order."""
+    completed = new.num_complete_frames - old.num_complete_frames
+    src_start = old.anchor_len + old.history_len + completed * frame_len
+    dst_start = new.anchor_len + new.history_len
+    return [(src_start + i, dst_start + i) for i in range(new.tail_len) if src_start != dst_start]
 
 
 def _order_of(orders: Mapping[int, Sequence[int]], frame: int, frame_len: int) -> list[int]:

@@ -150,6 +150,10 @@ def test_simulated_requests(request_and_steps, config):
         assert all(dst < new_state.physical_len for dst in plan.dst)
         assert all(src < old_len for src in plan.src)
         assert all(src != dst for src, dst in zip(plan.src, plan.dst, strict=True))
+        # only what eviction displaced moves: holes it left below the new history's end are
+        # filled from above, and the tail moves down by what was evicted
+        evicted_now = plan.evicted_tokens - evicted
+        assert plan.num_moves <= evicted_now + (new_state.tail_len if evicted_now else 0)
         # nothing kept is lost: every slot holds exactly the token the new state says
         assert request.contents == physical_contents(new_state, request.orders, frame_len)
         assert new_state.logical_len(frame_len) == request.logical_len
@@ -194,17 +198,37 @@ def test_worked_example_sliding():
     state = PhysicalState.initial(anchor_len=2)
     sliding = PackCacheConfig.preset("sliding")
     plan = make_plan(state, 2 + F + 1, F, sliding, REVERSED, block_ids=[7, 8, 9], block_size=4)
-    # frame 0 completes and becomes history in reversed order; one tail token follows it
-    assert plan.new_state == PhysicalState(2, (KeptFrame(0, F),), 1, 0)
-    assert dict(zip(plan.dst, plan.src, strict=True)) == {2: 7, 3: 6, 4: 5, 5: 4, 6: 3, 7: 2}
+    # frame 0 completes and becomes history where it is (slots 2..7; its priority order is
+    # reversed, so priority 0 is offset 5, slot 7); one tail token follows it: nothing moves
+    assert plan.new_state == PhysicalState(2, (KeptFrame(0, (7, 6, 5, 4, 3, 2)),), 1, 0)
+    assert plan.src == plan.dst == ()
     assert (plan.num_blocks_kept, plan.freed_blocks, plan.evicted_tokens) == (3, (), 0)
 
     plan = make_plan(plan.new_state, 2 + 2 * F, F, sliding, REVERSED, [7, 8, 9, 10], 4)
-    # frame 1 completes: frame 0 is dropped, frame 1 moves down into its slots, reversed
-    assert plan.new_state == PhysicalState(2, (KeptFrame(1, F),), 0, 1)
-    assert dict(zip(plan.dst, plan.src, strict=True)) == {2 + p: 8 + (F - 1 - p) for p in range(F)}
+    # frame 1 completes: frame 0 is dropped and frame 1 moves down into its slots
+    assert plan.new_state == PhysicalState(2, (KeptFrame(1, (7, 6, 5, 4, 3, 2)),), 0, 1)
+    assert dict(zip(plan.src, plan.dst, strict=True)) == {8 + p: 2 + p for p in range(F)}
     assert (plan.num_blocks_kept, plan.freed_blocks) == (2, (9, 10))
     assert (plan.evicted_tokens, plan.dropped_frames) == (F, 1)
+
+
+def test_worked_example_thinning_moves_only_into_holes():
+    """Frame 2 completes (W=2): frame 0 is dropped, frame 1 halves. Frame 1's kept half stays
+    where it is; the new frame's tokens, past the new history's end, fill the holes frame 0
+    left, and the tail token moves down; nothing else moves."""
+    halving = PackCacheConfig(window=2, decay=0.5, min_keep=0.5)
+    identity = {frame: list(range(F)) for frame in range(3)}
+    history = (KeptFrame(0, tuple(range(F))), KeptFrame(1, tuple(range(F, 2 * F))))
+    state = PhysicalState(0, history, 0, 0)
+    plan = make_plan(state, 3 * F + 1, F, halving, identity, list(range(5)), block_size=4)
+    # frame 1 keeps offsets 0..2 at slots 6..8; the history ends at 3 + 6 = 9, so frame 2
+    # (slots 12..17) moves into frame 0's slots 0..5 and the tail token 18 moves to 9
+    moves = {12: 0, 13: 1, 14: 2, 15: 3, 16: 4, 17: 5, 18: 9}
+    assert dict(zip(plan.src, plan.dst, strict=True)) == moves
+    assert plan.new_state == PhysicalState(
+        0, (KeptFrame(1, (6, 7, 8)), KeptFrame(2, (0, 1, 2, 3, 4, 5))), 1, 1
+    )
+    assert (plan.num_blocks_kept, plan.freed_blocks, plan.evicted_tokens) == (3, (3, 4), 9)
 
 
 def test_no_completed_frame_means_no_moves():
@@ -218,7 +242,7 @@ def test_no_completed_frame_means_no_moves():
 def test_state_already_holding_the_tail_is_accepted():
     state = PhysicalState(anchor_len=0, frames=(), tail_len=F, dropped_frames=0)
     plan = make_plan(state, F, F, PackCacheConfig(), REVERSED, [0, 1], 4)
-    assert plan.new_state == PhysicalState(0, (KeptFrame(0, F),), 0, 0)
+    assert plan.new_state == PhysicalState(0, (KeptFrame(0, (5, 4, 3, 2, 1, 0)),), 0, 0)
 
 
 def test_lumos_sized_plan_is_quick():
@@ -263,13 +287,16 @@ def plan_for(**changes):
         ({"orders": {0: [0, 1, 2]}}, r"permutation of range\(6\), got 3 entries"),
         (
             {
-                "state": PhysicalState(2, (KeptFrame(0, 3),), 0, 0),
+                "state": PhysicalState(2, (KeptFrame(0, (2, 3, 4)),), 0, 0),
                 "logical_len": 2 + 2 * F,
                 "block_ids": [0, 1, 2],
             },
             "dropped tokens cannot come back",
         ),
-        ({"state": PhysicalState(2, (KeptFrame(0, F + 1),), 0, 0)}, "more than the 6"),
+        (
+            {"state": PhysicalState(2, (KeptFrame(0, tuple(range(2, F + 3))),), 0, 0)},
+            "more than the 6",
+        ),
     ],
 )
 def test_inconsistent_input_is_rejected(changes, message):
@@ -279,8 +306,14 @@ def test_inconsistent_input_is_rejected(changes, message):
 
 def test_inconsistent_state_is_rejected():
     with pytest.raises(ValueError, match="consecutive frames from dropped_frames=1"):
-        PhysicalState(0, (KeptFrame(0, 3),), 0, dropped_frames=1)
-    with pytest.raises(ValueError, match="KeptFrame.kept must be an integer >= 1"):
-        KeptFrame(0, 0)
+        PhysicalState(0, (KeptFrame(0, (0, 1, 2)),), 0, dropped_frames=1)
+    with pytest.raises(ValueError, match="must keep at least one token"):
+        KeptFrame(0, ())
+    with pytest.raises(ValueError, match="KeptFrame slot must be an integer >= 0"):
+        KeptFrame(0, (1, -1))
+    with pytest.raises(ValueError, match=r"must fill \[2, 4\) exactly once each"):
+        PhysicalState(2, (KeptFrame(0, (2, 4)),), 0, 0)  # a gap at 3
+    with pytest.raises(ValueError, match=r"must fill \[2, 6\) exactly once each"):
+        PhysicalState(2, (KeptFrame(0, (2, 3)), KeptFrame(1, (3, 2))), 0, 0)  # shared slots
     with pytest.raises(ValueError, match="tail_len must be an integer >= 0"):
         PhysicalState(0, (), -1, 0)
