@@ -220,7 +220,7 @@ class PackCacheScheduler(Scheduler):
         slots = []
         for kept_frame in new_state.frames:
             if kept_frame.frame < old.num_complete_frames:
-                continue  # history already, stored in priority order
+                continue  # history already: the state records its kept tokens' slots
             start = tail_start + (kept_frame.frame - old.num_complete_frames) * frame_len
             physical = range(start, start + frame_len)
             slots.append(tuple(old_ids[s // bs] * bs + s % bs for s in physical))
