@@ -11,7 +11,7 @@ Exported (``engine`` label = the data-parallel rank, summed over engines of that
     packcache:compactions_total        frame completions that re-packed a request's cache
     packcache:evicted_tokens_total     tokens removed from caches (all requests, ever)
     packcache:blocks_freed_total       KV blocks returned to vLLM's pool by compaction
-    packcache:moved_tokens_total       token slots copied while packing (every layer moves each)
+    packcache:moved_tokens_total       token slots copied while packing or key-sorting (per layer)
     packcache:dropped_frames_total     generated frames that left a cache entirely
     packcache:preemptions_total        packcache requests preempted (they restart unpacked)
     packcache:request_physical_tokens  per running request: tokens its cache holds now
@@ -42,7 +42,9 @@ COUNTER_HELP = {
     "compactions": "Frame completions that re-packed a request's KV cache.",
     "evicted_tokens": "Tokens evicted from KV caches by the PackCache policy.",
     "blocks_freed": "KV blocks returned to vLLM's block pool by compaction.",
-    "moved_tokens": "Token slots copied while packing kept tokens (per layer).",
+    "moved_tokens": (
+        "Token slots copied while packing kept tokens or sorting a frame by its keys (per layer)."
+    ),
     "dropped_frames": "Generated frames that left a request's cache entirely.",
     "preemptions": "PackCache requests preempted (they restart with an unpacked cache).",
 }

@@ -10,8 +10,8 @@ Physical (cache slot) layout of a request's KV:
                                   (new tokens land at physical = logical - evicted)
 
 Attention over the cache is a set operation (every key carries its own rotary position), so the
-history needs no order. That is what keeps compaction cheap: tokens that leave open holes below
-the new history length, and only the kept tokens above it move into those holes (plus the tail,
+history needs no order. That is what keeps compaction cheap: evicted tokens leave holes below the
+new history length, and only the kept tokens above it move into those holes (plus the tail,
 which moves down by what was evicted). A frame that keeps fewer tokens keeps a prefix of its
 priority order, so its kept sets are nested as it ages.
 

@@ -154,13 +154,14 @@ class PackCacheScheduler(Scheduler):
         freed = blocks[plan.num_blocks_kept :]
         del blocks[plan.num_blocks_kept :]
         self.kv_cache_manager.block_pool.free_blocks(reversed(freed))
+        frames_to_order = self.frames_to_order(kv, plan.new_state, old_ids)
+        sorted_tokens = 0 if frames_to_order is None else sum(map(len, frames_to_order.slots))
         self.counters.add_compaction(
             evicted=plan.evicted_tokens - kv.evicted_tokens,
             freed=len(freed),
-            moved=plan.num_moves,
+            moved=plan.num_moves + sorted_tokens,
             dropped=plan.dropped_frames - kv.state.dropped_frames,
         )
-        frames_to_order = self.frames_to_order(kv, plan.new_state, old_ids)
         kv.state, kv.evicted_tokens = plan.new_state, plan.evicted_tokens
         logger.debug(
             "packcache %s: %d frames complete, %d dropped, E=%d, %d moves, %d blocks freed, "
