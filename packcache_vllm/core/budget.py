@@ -81,6 +81,12 @@ class PackCacheConfig:
     def is_bounded(self) -> bool:
         return self.window is not None
 
+    @property
+    def thins_frames(self) -> bool:
+        """Whether some frame ever keeps only part of its tokens (then which ones, the
+        selector's order, matters); the share never grows with distance."""
+        return self.is_bounded and self.frame_fraction(self.window - 1) < 1
+
     def frame_fraction(self, distance: int) -> float:
         """Fraction of its tokens a frame keeps at ``distance`` < W past the fill phase."""
         if self.window is None:

@@ -213,8 +213,9 @@ class PackCacheScheduler(Scheduler):
         self, kv: RequestKV, new_state: PhysicalState, old_ids: list[int]
     ) -> FramesToOrder | None:
         """The global slots of the frames that become history in this compaction (they sit in
-        the tail, in raster order, after the old history), when the selector reads keys."""
-        if not make_selector(kv.config.selector).needs_keys:
+        the tail, in raster order, after the old history), when the selector reads keys and
+        the policy ever keeps part of a frame (else the order would change nothing)."""
+        if not (make_selector(kv.config.selector).needs_keys and kv.config.thins_frames):
             return None
         old, frame_len, bs = kv.state, kv.layout.tokens_per_frame, self.block_size
         tail_start = old.anchor_len + old.history_len

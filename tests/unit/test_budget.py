@@ -189,3 +189,16 @@ def test_counts_grow_toward_the_newest_frame(config, num_frames, frame_len):
 def test_sliding_keeps_only_the_newest_frame(num_frames, frame_len):
     counts = PackCacheConfig.preset("sliding").keep_counts(num_frames, frame_len)
     assert counts == (0,) * (num_frames - 1) + (frame_len,)
+
+
+@given(configs, st.integers(0, 30), frame_sizes)
+def test_a_config_that_never_thins_keeps_frames_whole_or_drops_them(config, n, frame_len):
+    if not config.thins_frames:
+        assert set(config.keep_counts(n, frame_len)) <= {0, frame_len}
+
+
+def test_which_presets_thin_frames():
+    assert PackCacheConfig.preset("packcache").thins_frames
+    assert not PackCacheConfig.preset("sliding").thins_frames
+    assert not PackCacheConfig.preset("full").thins_frames
+    assert not PackCacheConfig.preset("packcache", window=4, min_keep=1.0).thins_frames
