@@ -58,13 +58,15 @@ class Setting:
         text = self.policy if self.window is None else f"{self.policy} W={self.window}"
         return text if self.selector == "uniform" else f"{text} {self.selector}"
 
+    def knobs(self) -> dict:
+        """The preset's overrides (``PackCacheConfig.preset``, ``cli.engine_overrides``)."""
+        window = {} if self.window is None else {"window": self.window}
+        return {**window, "selector": self.selector}
+
     def config(self):
         from packcache_vllm.core.budget import PackCacheConfig
 
-        knobs = {} if self.window is None else {"window": self.window}
-        if self.selector != "uniform":
-            knobs["selector"] = self.selector
-        return PackCacheConfig.preset(self.policy, **knobs)
+        return PackCacheConfig.preset(self.policy, **self.knobs())
 
 
 @dataclass(frozen=True)
@@ -216,8 +218,6 @@ def generate(job: Job, clips) -> tuple[list[list[int]], float]:
 
     from packcache_vllm.cli import engine_overrides
 
-    knobs = {} if job.setting.window is None else {"window": job.setting.window}
-    knobs["selector"] = job.setting.selector
     llm = LLM(
         job.model_dir,
         dtype="float32",
@@ -226,7 +226,7 @@ def generate(job: Job, clips) -> tuple[list[list[int]], float]:
         seed=0,
         kv_cache_memory_bytes=512 << 20,
         max_model_len=16384,
-        **engine_overrides(job.setting.policy, mode=job.mode, **knobs),
+        **engine_overrides(job.setting.policy, mode=job.mode, **job.setting.knobs()),
     )
     num_tokens = job.frames * clips[0].layout.tokens_per_frame
     params = [

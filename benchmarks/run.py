@@ -239,11 +239,10 @@ def main(argv=None) -> None:
 def quality_summaries(path: Path | None) -> list | None:
     if path is None:
         return None
-    from quality import DRIFT_FRAMES
+    from quality import DRIFT_FRAMES, read_jsonl
     from quality_report import summarise
 
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return summarise(records, DRIFT_FRAMES, [])
+    return summarise(read_jsonl(path), DRIFT_FRAMES, [])
 
 
 def header(args) -> str:

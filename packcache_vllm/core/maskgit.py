@@ -224,6 +224,11 @@ def visual_cells(rows: int, cols: int) -> torch.Tensor:
     return torch.cat([leading, grid.flatten(), torch.zeros(1, dtype=torch.bool)])
 
 
+def visual_offsets(rows: int, cols: int) -> torch.Tensor:
+    """[R * C] int64 frame offsets of the visual cells, raster order."""
+    return visual_cells(rows, cols).nonzero().flatten()
+
+
 def frame_template(
     rows: int,
     cols: int,

@@ -42,8 +42,8 @@ class KeptFrame:
         _check_int("KeptFrame.frame", self.frame, 0)
         if not self.slots:
             raise ValueError(f"KeptFrame {self.frame} must keep at least one token (slots empty)")
-        for slot in self.slots:
-            _check_int("KeptFrame slot", slot, 0)
+        if min(self.slots) < 0:
+            raise ValueError(f"KeptFrame {self.frame}: slots must be >= 0, got {min(self.slots)}")
 
     @property
     def kept(self) -> int:

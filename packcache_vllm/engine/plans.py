@@ -10,6 +10,7 @@ block-table row with ``block_ids``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 
@@ -36,3 +37,10 @@ class WorkerPlan:
     anchor_len: int  # physical slots [0, anchor_len) hold the anchors, never moved
     t_stride: int  # MM-RoPE time units per frame
     frames_to_order: FramesToOrder | None = None  # None: the scheduler's orders were final
+
+
+def global_slots(
+    block_ids: Sequence[int], block_size: int, physical: Iterable[int]
+) -> tuple[int, ...]:
+    """The global cache slots of a request's physical slots, through its block list."""
+    return tuple(block_ids[s // block_size] * block_size + s % block_size for s in physical)

@@ -27,7 +27,7 @@ from packcache_vllm.core.select import key_layer, make_selector
 from packcache_vllm.engine import compat
 from packcache_vllm.engine.kv_access import KVAccess, kv_access_for
 from packcache_vllm.engine.kv_layout import PageLayout, learn_page_layout
-from packcache_vllm.engine.plans import FramesToOrder, WorkerPlan
+from packcache_vllm.engine.plans import FramesToOrder, WorkerPlan, global_slots
 from packcache_vllm.model.config_hook import frame_grid
 
 
@@ -109,12 +109,8 @@ class PackCacheRunnerMixin:
 
     def rebase_anchor_keys(self, request_id: str, plan: WorkerPlan) -> None:
         """Write the anchors' keys rotated by +t_stride * dropped_frames along t."""
-        bs = self.page_layout.block_size
-        slots = torch.tensor(
-            [plan.block_ids[i // bs] * bs + i % bs for i in range(plan.anchor_len)],
-            dtype=torch.int64,
-            device=self.kv_access.device,
-        )
+        anchors = global_slots(plan.block_ids, self.page_layout.block_size, range(plan.anchor_len))
+        slots = torch.tensor(anchors, dtype=torch.int64, device=self.kv_access.device)
         pristine = self.pristine_anchor_keys.get(request_id)
         if pristine is None:
             pristine = [self.kv_access.read_keys(cache, slots) for cache in self.kv_caches]

@@ -28,9 +28,9 @@ from packcache_vllm.core.plan import (
     make_plan,
     num_new_complete_frames,
 )
-from packcache_vllm.core.select import make_selector
+from packcache_vllm.core.select import Selector, make_selector
 from packcache_vllm.engine import compat
-from packcache_vllm.engine.plans import FramesToOrder, WorkerPlan
+from packcache_vllm.engine.plans import FramesToOrder, WorkerPlan, global_slots
 from packcache_vllm.engine.requests import bound_tokens, request_policy, video_layout
 from packcache_vllm.metrics import (
     EngineCounters,
@@ -142,19 +142,20 @@ class PackCacheScheduler(Scheduler):
     def compact(self, request_id: str, kv: RequestKV, logical_len: int) -> WorkerPlan:
         blocks = self.block_manager.req_to_blocks[request_id]
         old_ids = [block.block_id for block in blocks]
+        selector = make_selector(kv.config.selector)
         plan = make_plan(
             kv.state,
             logical_len,
             kv.layout.tokens_per_frame,
             kv.config,
-            self.frame_orders(kv, logical_len),
+            self.frame_orders(kv, selector, logical_len),
             old_ids,
             self.block_size,
         )
         freed = blocks[plan.num_blocks_kept :]
         del blocks[plan.num_blocks_kept :]
         self.kv_cache_manager.block_pool.free_blocks(reversed(freed))
-        frames_to_order = self.frames_to_order(kv, plan.new_state, old_ids)
+        frames_to_order = self.frames_to_order(kv, selector, plan.new_state, old_ids)
         sorted_tokens = 0 if frames_to_order is None else sum(map(len, frames_to_order.slots))
         self.counters.add_compaction(
             evicted=plan.evicted_tokens - kv.evicted_tokens,
@@ -183,11 +184,10 @@ class PackCacheScheduler(Scheduler):
         layout: FrameLayout,
         frames_to_order: FramesToOrder | None,
     ) -> WorkerPlan:
-        bs = self.block_size
         new_ids = tuple(old_ids[: plan.num_blocks_kept])
         return WorkerPlan(
-            src_slots=tuple(old_ids[s // bs] * bs + s % bs for s in plan.src),
-            dst_slots=tuple(new_ids[d // bs] * bs + d % bs for d in plan.dst),
+            src_slots=global_slots(old_ids, self.block_size, plan.src),
+            dst_slots=global_slots(new_ids, self.block_size, plan.dst),
             block_ids=new_ids,
             evicted_tokens=plan.evicted_tokens,
             dropped_frames=plan.dropped_frames,
@@ -196,12 +196,13 @@ class PackCacheScheduler(Scheduler):
             frames_to_order=frames_to_order,
         )
 
-    def frame_orders(self, kv: RequestKV, logical_len: int) -> dict[int, list[int]]:
+    def frame_orders(
+        self, kv: RequestKV, selector: Selector, logical_len: int
+    ) -> dict[int, list[int]]:
         """Priority order of every generated frame complete at ``logical_len``, as the plan
         sees it. A grid-only selector gives every frame the same order. For a key-reading one
         the worker sorts each frame in place when it completes (``frames_to_order``), so the
         plan sees the identity: slot i of the frame already holds its token of priority i."""
-        selector = make_selector(kv.config.selector)
         if selector.needs_keys:
             order = list(range(kv.layout.tokens_per_frame))
         else:
@@ -210,22 +211,21 @@ class PackCacheScheduler(Scheduler):
         return dict.fromkeys(range(complete), order)
 
     def frames_to_order(
-        self, kv: RequestKV, new_state: PhysicalState, old_ids: list[int]
+        self, kv: RequestKV, selector: Selector, new_state: PhysicalState, old_ids: list[int]
     ) -> FramesToOrder | None:
         """The global slots of the frames that become history in this compaction (they sit in
         the tail, in raster order, after the old history), when the selector reads keys and
         the policy ever keeps part of a frame (else the order would change nothing)."""
-        if not (make_selector(kv.config.selector).needs_keys and kv.config.thins_frames):
+        if not (selector.needs_keys and kv.config.thins_frames):
             return None
-        old, frame_len, bs = kv.state, kv.layout.tokens_per_frame, self.block_size
+        old, frame_len = kv.state, kv.layout.tokens_per_frame
         tail_start = old.anchor_len + old.history_len
         slots = []
         for kept_frame in new_state.frames:
             if kept_frame.frame < old.num_complete_frames:
                 continue  # history already: the state records its kept tokens' slots
             start = tail_start + (kept_frame.frame - old.num_complete_frames) * frame_len
-            physical = range(start, start + frame_len)
-            slots.append(tuple(old_ids[s // bs] * bs + s % bs for s in physical))
+            slots.append(global_slots(old_ids, self.block_size, range(start, start + frame_len)))
         return FramesToOrder(kv.config.selector, tuple(slots)) if slots else None
 
     def kv_of(self, request) -> RequestKV:

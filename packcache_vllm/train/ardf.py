@@ -42,7 +42,7 @@ from packcache_vllm.core.maskgit import (
     ARDFSamplingParams,
     apply_history_mask,
     history_mask,
-    visual_cells,
+    visual_offsets,
 )
 from packcache_vllm.reference_ardf import unconditional_prompt
 from packcache_vllm.train.data import PAD_ID
@@ -123,6 +123,11 @@ def canvas_cell_mask(num_cells: int, gen: torch.Generator) -> torch.Tensor:
     (at least one), u ~ U(0, 1), cells chosen uniformly (u, then a permutation, from gen)."""
     u = float(torch.rand((), generator=gen))
     count = min(num_cells, max(1, math.ceil(math.cos(math.pi / 2 * u) * num_cells)))
+    return random_cells(num_cells, count, gen)
+
+
+def random_cells(num_cells: int, count: int, gen: torch.Generator) -> torch.Tensor:
+    """[num_cells] bool: ``count`` cells chosen uniformly (one permutation from gen)."""
     mask = torch.zeros(num_cells, dtype=torch.bool)
     mask[torch.randperm(num_cells, generator=gen)[:count]] = True
     return mask
@@ -133,7 +138,7 @@ def mask_cells(
 ) -> torch.Tensor:
     """frame_ids: [F] a true frame; cell_mask: [rows * cols] bool over its visual cells in
     raster order. Returns [F] int64: the frame with those cells ``<mask>``."""
-    offsets = visual_cells(rows, cols).nonzero().flatten()[cell_mask]
+    offsets = visual_offsets(rows, cols)[cell_mask]
     canvas = frame_ids.clone()
     canvas[offsets] = LUMOS_TOKENS.mask
     return canvas
@@ -244,14 +249,17 @@ def ardf_batch(clips: Sequence[SceneClip], config: ARDFConfig, gen: torch.Genera
     return make_ardf_batch([build_example(clip, config, gen) for clip in clips])
 
 
+def ardf_hidden(model: TrainableLumos, batch: ARDFBatch) -> torch.Tensor:
+    """[B, N, D] final hidden states of the batch, at its logical indices and mask."""
+    return model(batch.ids, batch.frame_start, batch.allowed, index=batch.index)
+
+
 def ardf_logits(model: TrainableLumos, batch: ARDFBatch) -> torch.Tensor:
     """[B, N, V - visual_base] visual logits at every position of the batch."""
-    hidden = model(batch.ids, batch.frame_start, batch.allowed, index=batch.index)
-    return model.visual_logits(hidden)
+    return model.visual_logits(ardf_hidden(model, batch))
 
 
 def ardf_loss(model: TrainableLumos, batch: ARDFBatch) -> torch.Tensor:
     """Mean cross-entropy (visual vocabulary) over the canvases' masked cells."""
-    hidden = model(batch.ids, batch.frame_start, batch.allowed, index=batch.index)
-    logits = model.visual_logits(hidden[batch.loss_mask])  # [K, V_visual]
+    logits = model.visual_logits(ardf_hidden(model, batch)[batch.loss_mask])  # [K, V_visual]
     return F.cross_entropy(logits, batch.targets[batch.loss_mask])

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 
 import torch
 
-from packcache_vllm.core.maskgit import ARDFSamplingParams, history_mask, visual_cells
+from packcache_vllm.core.maskgit import ARDFSamplingParams, history_mask, visual_offsets
 from packcache_vllm.reference import KeepPolicy, NoEviction, ReferenceVideoModel
 from packcache_vllm.reference_ardf import ARDFSession, FrameAttention, generate_ardf
-from packcache_vllm.train.ardf import canvas_cell_mask, mask_cells
+from packcache_vllm.train.ardf import canvas_cell_mask, mask_cells, random_cells
 from packcache_vllm.video.quality import decoded_accuracy
 from packcache_vllm.video.tokens import SceneClip, decode_frames, frame_tokens
 
@@ -101,10 +101,7 @@ def chosen_cells(num_cells: int, mask_fraction: float | None, gen: torch.Generat
         return canvas_cell_mask(num_cells, gen)
     if not 0.0 < mask_fraction <= 1.0:
         raise ValueError(f"mask_fraction must lie in (0, 1], got {mask_fraction}")
-    count = max(1, round(mask_fraction * num_cells))
-    mask = torch.zeros(num_cells, dtype=torch.bool)
-    mask[torch.randperm(num_cells, generator=gen)[:count]] = True
-    return mask
+    return random_cells(num_cells, max(1, round(mask_fraction * num_cells)), gen)
 
 
 def masked_cell_accuracy(
@@ -135,11 +132,6 @@ def masked_cell_accuracy(
         baseline_acc.append((previous == true_cells)[cells].float().mean())
         session.commit(truth, commit_mask, attention)
     return FrameAccuracy(torch.stack(model_acc), torch.stack(baseline_acc))
-
-
-def visual_offsets(rows: int, cols: int) -> torch.Tensor:
-    """[R * C] int64 frame offsets of the visual cells, raster order."""
-    return visual_cells(rows, cols).nonzero().flatten()
 
 
 def ardf_rollout_accuracy(

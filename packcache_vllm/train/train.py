@@ -6,20 +6,20 @@
 
 Each step draws ``--batch`` fresh clips from the ``train`` split (8 x 12 cells, ``--frames`` 6: a
 caption, the first frame as the conditioning image, 5 frames to predict) and minimises the
-cross-entropy of
-every continuation token (cells and frame markers) over the full vocabulary (see
-``train.model``). AdamW, linear warm-up then cosine decay, gradient clipping at 1. Deterministic:
-same arguments, same machine, same checkpoint (seeded init, seeded scenes, no dropout).
+cross-entropy of every continuation token (cells and frame markers) over the full vocabulary
+(see ``train.model``). AdamW, linear warm-up then cosine decay, gradient clipping at 1.
+Deterministic: same arguments, same machine, same checkpoint (seeded init, seeded scenes, no
+dropout).
 
 Cost: about 0.25 s per step of 8 six-frame clips on this idle 2-core CPU (0.67 s with
 ``--frames 16``). 400 steps learn the frame format and the backgrounds but not yet the motion;
 the committed ``lumos-motion-8x12`` took 4000 (its README has the command and the numbers).
 On one GPU (H100 class) such a run takes well under a minute; there one would train a wider
 model (hidden 256+, 6+ layers) on longer clips (16+ frames, pans on) for ~10k steps, with
-``--objective both``. An AR-DF step
-costs about 3x a next-token one (a longer sequence, a general attention mask); ``both``: 1.3 s per
-step of 8 clips with ``--threads 1`` on the loaded 2-core machine, where ``--threads 2`` was ~7x
-slower (threads waiting on each other when the other jobs hold the cores).
+``--objective both``. An AR-DF step costs about 3x a next-token one (a longer sequence, a
+general attention mask); ``both``: 1.3 s per step of 8 clips with ``--threads 1`` on the loaded
+2-core machine, where ``--threads 2`` was ~7x slower (threads waiting on each other when the
+other jobs hold the cores).
 
 ``--objective`` picks what is learned (the same clips either way):
 
@@ -203,7 +203,7 @@ def plot_losses(
     losses: list[float],
     path: Path,
     title: str,
-    ylabel: str = "cross-entropy (nats / continuation token)",
+    ylabel: str = LOSS_LABELS["next-token"],
     parts: dict[str, list[float]] | None = None,
 ) -> None:
     """The loss per step and its running mean; ``parts`` (several): each part's running mean."""
