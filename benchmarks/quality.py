@@ -80,7 +80,7 @@ class Job:
     scenes: int
     steps_per_frame: int
     cfg_scale: float
-    top_k: int
+    top_k: int | None
     temperature: float
 
 
@@ -124,8 +124,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--top-k",
         type=int,
-        default=2000,
-        help="frame-parallel top-k (default 2000, Lumos-1's: every code of a small codebook; "
+        default=None,
+        help="frame-parallel top-k (default none: every code, as Lumos-1's masked loop draws; "
         "top-k 1 would make every drawn code's log-probability 0 and the confidence ranking void)",
     )
     parser.add_argument(
@@ -299,8 +299,9 @@ def sampler_of(job: Job) -> dict | None:
     """The frame-parallel sampler's settings (None in next-token mode: greedy)."""
     if job.mode != "frame-parallel":
         return None
-    names = ("steps_per_frame", "cfg_scale", "top_k", "temperature")
-    return {name: getattr(job, name) for name in names}
+    knobs = asdict(ardf_params(job, scene=0))
+    del knobs["seed"]
+    return knobs
 
 
 def baseline_records(model_dir: Path, frames: int, scenes: int) -> list[dict]:
@@ -425,7 +426,9 @@ def header(records: list[dict]) -> str:
         else (
             f"frame-parallel: {sampler['steps_per_frame']} steps/frame, "
             f"CFG {sampler['cfg_scale']}, top-k {sampler['top_k']}, "
-            f"temperature {sampler['temperature']}, seed = scene index; "
+            f"temperature {sampler['temperature']}, "
+            f"conditioning mask ratio {sampler.get('condition_mask_ratio', 0.7)}, "
+            f"ranking {sampler.get('ranking', 'quantized')}, seed = scene index; "
         )
     )
     return (

@@ -13,8 +13,9 @@ For a prompt (text, ``<video_start>``, duration, fps, optional conditioning fram
   tensor view of the cond sequence, so what it computes is the above: the same canvases and the
   same masked commits.)
 
-Each twin's prefill forwards the text causally, then commits every conditioning frame like a
-finished frame. Then, per latent frame:
+Each twin's prefill forwards the text causally, then caches every conditioning frame whole
+(bidirectional inside the frame), as Lumos-1 does (``condition_mask_ratio`` > 0 masks them like
+commits instead). Then, per latent frame:
 
 1. A canvas from ``frame_template``: layout tokens in place, every visual cell ``<mask>``.
 2. S denoising steps. Each forwards the whole canvas through both twins -- bidirectional inside
@@ -86,10 +87,10 @@ class ARDFSession(ReferenceSession):
     commits kept and followed by the policy's compaction (``ReferenceSession``)."""
 
     def prefill_prompt(
-        self, prompt_ids: Sequence[int], commit_mask: torch.Tensor, attention: FrameAttention
+        self, prompt_ids: Sequence[int], condition_mask: torch.Tensor, attention: FrameAttention
     ) -> None:
-        """Forward the text causally, then commit each conditioning frame's masked copy.
-        commit_mask: [F] bool (``history_mask``)."""
+        """Forward the text causally, then commit each conditioning frame with ``condition_mask``
+        [F] bool (``history_mask`` of ``condition_mask_ratio``; all False: the whole frame)."""
         if self.num_tokens:
             raise ValueError("prefill_prompt must be the session's first call")
         ids = self.model.check_ids(prompt_ids)
@@ -103,7 +104,7 @@ class ARDFSession(ReferenceSession):
             self._run(ids[:text_len], keep=True, causal=True)
         per_frame = self.layout.tokens_per_frame
         for start in range(text_len, ids.numel(), per_frame):
-            self.commit(ids[start : start + per_frame], commit_mask, attention)
+            self.commit(ids[start : start + per_frame], condition_mask, attention)
 
     def canvas_logits(self, canvas: torch.Tensor, attention: FrameAttention) -> torch.Tensor:
         """canvas: [F] int64 at the next frame's indices -> [F, V_visual] float32 logits; the
@@ -235,9 +236,7 @@ def generate_ardf(
         raise ValueError("the reference needs ARDFSamplingParams.seed set (got None)")
     rows, cols = model.config.video_rows, model.config.video_cols
     commit_mask = history_mask(rows, cols, params.history_mask_ratio)
-    twins = start_twins(model, prompt_ids, params, packcache, rebase)
-    for session, prompt in twins.with_prompts(prompt_ids):
-        session.prefill_prompt(prompt, commit_mask, attention)
+    twins = prefilled_twins(model, prompt_ids, params, packcache, rebase, attention)
     generator = request_generator(params)
     knobs = SamplerKnobs.from_params([params], model.config.vocab_size - LUMOS_TOKENS.visual_base)
     frames = []
@@ -248,6 +247,24 @@ def generate_ardf(
         frames.append(frame)
     uncond_ids = None if twins.uncond is None else tuple(unconditional_prompt(prompt_ids))
     return ARDFResult(tuple(prompt_ids), uncond_ids, tuple(frames))
+
+
+def prefilled_twins(
+    model: ReferenceVideoModel,
+    prompt_ids: Sequence[int],
+    params: ARDFSamplingParams,
+    packcache: PackCacheConfig | None,
+    rebase: RebaseMode,
+    attention: FrameAttention,
+) -> Twins:
+    """Both twins with their prompts cached: text, then the conditioning frames masked by
+    ``params.condition_mask_ratio`` (0: whole, as Lumos-1)."""
+    rows, cols = model.config.video_rows, model.config.video_cols
+    condition_mask = history_mask(rows, cols, params.condition_mask_ratio)
+    twins = start_twins(model, prompt_ids, params, packcache, rebase)
+    for session, prompt in twins.with_prompts(prompt_ids):
+        session.prefill_prompt(prompt, condition_mask, attention)
+    return twins
 
 
 def start_twins(

@@ -7,18 +7,21 @@ in S steps. Step s (0-based) of S:
 
 1. CFG: ``logits = u + cfg * (c - u)`` from the conditioned and the unconditional twin's logits,
    both restricted to the visual vocabulary (column k is token ``visual_base + k``).
-2. Every position draws a visual token from the top-k of softmax(logits / temperature) (argmax
-   when temperature is 0), by inverse CDF from one uniform per position.
-3. Confidence of a still-masked cell = log p(drawn token) under softmax(top-k logits)
-   + annealed Gumbel noise (Lumos-1's ``mask_by_random_topk``; scale: ``remask_noise_scale``).
+2. Every position draws a visual token from softmax(logits / temperature) (argmax when
+   temperature is 0; optionally restricted to the top-k), by inverse CDF from one uniform per
+   position.
+3. Confidence of a still-masked cell = log p(drawn token) + annealed Gumbel noise (Lumos-1's
+   ``mask_by_random_topk``; scale: ``remask_noise_scale``).
 4. The schedule fixes how many cells stay masked after the step (``masked_after_step``); the
    least confident ones are re-masked, every other masked cell takes its drawn token for good.
    After step S-1 none stays masked.
 
-Tie-robust confidence: the confidence is quantised to ``CONFIDENCE_QUANTUM`` before ranking and
-equal quantised confidences are broken by position (the lower position counts as more confident,
-so it is fixed first). Two implementations whose logits differ by float noise therefore fix the
-same positions unless a confidence sits right on a quantum boundary.
+Ranking (``ranking`` knob). ``exact`` (default, Lumos-1's ``mask_by_random_topk``): with k the
+number of cells to keep masked, the cut-off is the k-th smallest confidence among the masked
+cells and a cell stays masked iff its confidence is strictly below it, so an exact tie at the
+cut-off fixes every tied cell (fewer than k stay masked). ``quantized``: confidences rounded to
+``CONFIDENCE_QUANTUM`` and ties broken by position (the lower position is fixed first), so
+exactly k stay masked.
 
 Randomness: each request owns a CPU ``torch.Generator`` (``request_generator``); every denoising
 step draws exactly ``2 * F`` uniforms from it (``draw_step_noise``: first the sampling uniforms,
@@ -27,19 +30,28 @@ and step, never on which other requests share the batch or on the device.
 
 Committing a frame: Lumos-1 writes a finished frame to the KV cache from a copy in which a fixed,
 periodic ~70 % of its content positions (cells and newlines, offsets 3 .. F-2) are ``<mask>``
-(``history_mask``); the conditioning image is committed the same way.
+(``history_mask``). The prompt's conditioning frames are cached whole by default
+(``condition_mask_ratio`` 0): Lumos-1 forwards a clone of the prompt taken before it masks the
+earlier frames, and undoes that masking at the next step.
 
-Where this differs from Lumos-1's code (``generate_maskedAR_mmrope_v8_newcache``):
+Where the defaults come from (Lumos-1, ``inference_solver_vid.py``,
+``generate_maskedAR_mmrope_v8_newcache``; ``model/utils.py`` ``mask_by_random_topk``):
 
-* top-k: Lumos-1 builds an image top-k 2000 processor but its masked loop only uses the
-  processor's suppression of non-visual ids; ``top_k=None`` reproduces that exactly.
+* conditioning frames unmasked: the first frame's first step forwards ``prompt_for_cache =
+  prompt.clone()`` (and ``uncond_prompt_for_cache``) taken before the loop over ``prev_idx``
+  masks them in ``prompt``; step 1 restores ``prompt_no_mask_vp``. ``condition_mask_ratio``
+  0.7 gives the masked conditioning the masking code seems to intend.
+* no top-k: the ``image_top_k=2000`` logits processor is built, but the masked loop only uses
+  its suppression of non-visual ids before ``softmax`` + ``multinomial``: ``top_k`` None.
+* ties: ``masking = confidence < cut_off`` on exact values: ``ranking="exact"``.
+
+Where this sampler still differs from Lumos-1's code:
+
 * temperature: Lumos-1 applies its temperature (1.0) only to the re-masking noise and draws from
   softmax(logits); here it also divides the logits, which is the same at 1.0 and makes 0 a
   deterministic argmax mode.
 * drawing: inverse CDF from the request's own uniforms instead of ``torch.multinomial``: the same
   distribution, but independent of batch composition and device.
-* ranking: quantised confidence with a position tie-break instead of a raw ``<`` cut-off (which
-  masks fewer cells on exact ties).
 * history mask ratio 0 masks nothing (Lumos-1's formula masks at least one position).
 """
 
@@ -55,6 +67,7 @@ import torch
 from packcache_vllm.core.layout import LUMOS_TOKENS, NUM_LEADING_MARKERS, LumosTokenIds
 
 SCHEDULES = ("cosine", "linear")
+RANKINGS = ("exact", "quantized")
 CONFIDENCE_QUANTUM = 1e-3  # confidences closer than this count as tied (then: by position)
 LOG_EPS = 1e-20  # Lumos-1's clamp inside log()
 PIXELS_PER_TOKEN = 8  # Cosmos DV4x8x8: one visual token per 8 x 8 pixels
@@ -76,22 +89,28 @@ class ARDFSamplingParams:
     steps_per_frame: denoising steps per latent frame, in [1, 1000].
     cfg_scale: guidance weight in ``u + cfg * (c - u)``, in [0, 100] (1: conditioned only).
     top_k: draw among the k most likely visual tokens (k >= 1; clipped to the visual vocabulary);
-        None: the whole visual vocabulary.
+        None (Lumos-1): the whole visual vocabulary.
     temperature: in [0, 100]; divides the logits before drawing (0: argmax) and scales the
         annealed Gumbel noise of the re-masking confidence.
     schedule: "cosine" (Lumos-1) or "linear": fraction of cells still masked after step s.
     seed: seed of the request's generator, in [0, 2**63 - 1]; None: a fresh random seed.
     history_mask_ratio: fraction of a committed frame's content positions masked in its cache
         copy, in [0, 1] (0: commit the frame as generated).
+    condition_mask_ratio: the same for the prompt's conditioning frames, in [0, 1] (0, Lumos-1:
+        cached whole).
+    ranking: "exact" (Lumos-1: ties at the re-masking cut-off are all fixed) or "quantized"
+        (ties within ``CONFIDENCE_QUANTUM`` broken by position).
     """
 
     steps_per_frame: int = 50
     cfg_scale: float = 15.0
-    top_k: int | None = 2000
+    top_k: int | None = None
     temperature: float = 1.0
     schedule: str = "cosine"
     seed: int | None = None
     history_mask_ratio: float = 0.7
+    condition_mask_ratio: float = 0.0
+    ranking: str = "exact"
 
     def __post_init__(self) -> None:
         _check_int("steps_per_frame", self.steps_per_frame, 1, MAX_STEPS)
@@ -106,7 +125,10 @@ class ARDFSamplingParams:
         if self.seed is not None:
             _check_int("seed", self.seed, 0, MAX_SEED)
         _check_real("history_mask_ratio", self.history_mask_ratio, 0.0, 1.0)
-        for name in ("cfg_scale", "temperature", "history_mask_ratio"):
+        _check_real("condition_mask_ratio", self.condition_mask_ratio, 0.0, 1.0)
+        if self.ranking not in RANKINGS:
+            raise ValueError(f"ardf ranking must be one of {list(RANKINGS)}, got {self.ranking!r}")
+        for name in ("cfg_scale", "temperature", "history_mask_ratio", "condition_mask_ratio"):
             object.__setattr__(self, name, float(getattr(self, name)))
 
     @classmethod
@@ -142,7 +164,7 @@ class SamplerKnobs:
     """ARDFSamplingParams of a batch of B requests as tensors (row b = request b).
 
     cfg_scale, temperature: [B] float32. top_k: [B] int64 (None became the visual vocabulary
-    size, clipped to it). steps_per_frame: [B] int64. linear_schedule: [B] bool.
+    size, clipped to it). steps_per_frame: [B] int64. linear_schedule, exact_ranking: [B] bool.
     """
 
     cfg_scale: torch.Tensor
@@ -150,6 +172,7 @@ class SamplerKnobs:
     top_k: torch.Tensor
     steps_per_frame: torch.Tensor
     linear_schedule: torch.Tensor
+    exact_ranking: torch.Tensor
 
     @classmethod
     def from_params(
@@ -168,6 +191,7 @@ class SamplerKnobs:
             top_k=tensor(top_k, torch.int64),
             steps_per_frame=tensor([p.steps_per_frame for p in params], torch.int64),
             linear_schedule=tensor([p.schedule == "linear" for p in params], torch.bool),
+            exact_ranking=tensor([p.ranking == "exact" for p in params], torch.bool),
         )
 
 
@@ -474,8 +498,11 @@ def denoise_step(
     step = progress.step.to(knobs.steps_per_frame.device)
     keep = masked_after_step(step, knobs, num_cells, candidates.sum(-1).to(step.device))
     keep = keep.to(canvas.device)
-    rank = _ascending_rank(rank_keys(confidence, candidates))
-    stays_masked = candidates & (rank < keep[:, None])
+    stays_masked = torch.where(
+        knobs.exact_ranking.to(canvas.device)[:, None],
+        below_cut_off(confidence, candidates, keep),
+        candidates & (_ascending_rank(rank_keys(confidence, candidates)) < keep[:, None]),
+    )
     newly_fixed = candidates & ~stays_masked
     return CanvasUpdate(
         canvas=torch.where(newly_fixed, drawn_ids, canvas),
@@ -483,6 +510,18 @@ def denoise_step(
         newly_fixed=newly_fixed,
         confidence=confidence,
     )
+
+
+def below_cut_off(
+    confidence: torch.Tensor, candidates: torch.Tensor, keep: torch.Tensor
+) -> torch.Tensor:
+    """Lumos-1's re-masking: the candidates whose confidence is strictly below the ``keep``-th
+    smallest candidate confidence (0-based; non-candidates count as +inf). An exact tie at the
+    cut-off leaves every tied cell unmasked. confidence: [B, F] float32; candidates: [B, F]
+    bool; keep: [B] int64 (<= candidates per row). Returns [B, F] bool."""
+    ranked = torch.where(candidates, confidence, torch.full_like(confidence, float("inf")))
+    cut_off = ranked.sort(dim=-1).values.gather(-1, keep[:, None])
+    return candidates & (confidence < cut_off)
 
 
 def _ascending_rank(keys: torch.Tensor) -> torch.Tensor:

@@ -3,9 +3,10 @@
 A request tunes Lumos-1's sampler through ``SamplingParams.extra_args`` (``vllm_xargs`` over
 HTTP) with flat keys ``ardf_<knob>``, the knobs of ``core.maskgit.ARDFSamplingParams``:
 ``ardf_steps_per_frame``, ``ardf_cfg_scale``, ``ardf_top_k``, ``ardf_temperature``,
-``ardf_schedule``, ``ardf_seed``, ``ardf_history_mask_ratio``. Knobs not given keep Lumos-1's
-defaults. A bad key or value is a ValueError naming the key, the value and the allowed range
-(an HTTP 400 through ``requests.check_request``).
+``ardf_schedule``, ``ardf_seed``, ``ardf_history_mask_ratio``, ``ardf_condition_mask_ratio``,
+``ardf_ranking``. Knobs not given keep Lumos-1's defaults (``core.maskgit`` says where in its
+code each comes from). A bad key or value is a ValueError naming the key, the value and the
+allowed range (an HTTP 400 through ``requests.check_request``).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Per step, each scheduled request is one of (``RowKind``):
 
 * TEXT: a chunk of the prompt's text, causal, as vLLM prefills it;
-* FRAME_PREFILL: one whole frame of the prompt (a conditioning frame), committed like a
-  generated one: its history-masked copy, bidirectional inside the frame;
+* FRAME_PREFILL: one whole frame of the prompt (a conditioning frame), bidirectional inside the
+  frame, cached whole as Lumos-1 does (or masked by ``ardf_condition_mask_ratio``);
 * DENOISE: the request's canvas (``ardf_state.CanvasState``), bidirectional inside the frame,
   full attention to the cached history; its KV is discarded by the scheduler (nothing emitted);
 * COMMIT: the finished frame's history-masked copy, bidirectional; the frame's F tokens are
@@ -179,7 +179,7 @@ class ARDFRunnerMixin:
             ids = self.video_of(step_row.request_id).commit_input()
         else:
             given = torch.from_numpy(self.input_batch.token_ids_cpu[row, window].astype(np.int64))
-            ids = apply_history_mask(given, state.commit_mask)
+            ids = apply_history_mask(given, state.condition_mask)
         self.input_batch.token_ids_cpu[row, window] = ids.numpy()
 
     # --- after the forward ------------------------------------------------------------------

@@ -28,7 +28,9 @@ class CanvasState:
     """One request's frame in progress.
 
     canvas: [F] int64, the current canvas (``<mask>`` at cells not fixed yet).
-    commit_mask: [F] bool, the history mask its commits (and conditioning frames) get.
+    commit_mask: [F] bool, the history mask its commits get.
+    condition_mask: [F] bool, the mask its prompt's conditioning frames get (all False by
+        default: Lumos-1 caches them whole).
     step: denoising steps done on this frame (== steps_per_frame: the next step commits).
     frame: frames of this request committed before this one.
     """
@@ -37,6 +39,7 @@ class CanvasState:
     generator: torch.Generator
     frame_start: int
     commit_mask: torch.Tensor
+    condition_mask: torch.Tensor
     canvas: torch.Tensor
     step: int = 0
     frame: int = 0
@@ -57,6 +60,7 @@ class CanvasState:
             generator=request_generator(params),
             frame_start=frame_start,
             commit_mask=history_mask(rows, cols, params.history_mask_ratio),
+            condition_mask=history_mask(rows, cols, params.condition_mask_ratio),
             canvas=template.clone(),
         )
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+import torch
 
 from packcache_vllm.core.budget import PackCacheConfig
+from packcache_vllm.core.layout import find_frame_start
 from packcache_vllm.core.maskgit import ARDFSamplingParams
 from tests.engine.conftest import BLOCK_SIZE, keep_alive
 
@@ -22,7 +24,7 @@ STEPS = (3, 2, 4)
 NO_GUIDANCE = (1.0, 1.0, 1.0)
 GUIDANCE = (3.0, 1.0, 7.5)  # two requests with an unconditional twin, one without
 SEEDS = (11, 12, 13)
-TOP_K = 40
+TOP_KS = (None, 40, None)  # Lumos-1's default (no top-k) and a top-k request
 WINDOW = 2
 MIN_KEEP = 0.5
 
@@ -72,7 +74,7 @@ def sampler_params(index: int, cfg_scale: float = 1.0) -> ARDFSamplingParams:
     return ARDFSamplingParams(
         steps_per_frame=STEPS[index],
         cfg_scale=cfg_scale,
-        top_k=TOP_K,
+        top_k=TOP_KS[index],
         temperature=1.0,
         seed=SEEDS[index],
     )
@@ -89,6 +91,8 @@ def vllm_params(params: ARDFSamplingParams, num_frames: int, per_frame: int, **p
         "ardf_temperature": params.temperature,
         "ardf_seed": params.seed,
         "ardf_history_mask_ratio": params.history_mask_ratio,
+        "ardf_condition_mask_ratio": params.condition_mask_ratio,
+        "ardf_ranking": params.ranking,
     }
     return SamplingParams(
         max_tokens=num_frames * per_frame,
@@ -131,16 +135,14 @@ def assert_matches_reference(
     per_frame,
     packcache,
     cfg_scales=NO_GUIDANCE,
-    unmasked_commit=False,
+    knobs=None,
     **controls,
 ):
     """got: the engine's [(token_ids, trace)] per prompt, from ``run_engine``. The reference
-    runs with the same knobs (``unmasked_commit``: its commits keep the whole frame instead)
-    and ``controls`` (``generate_ardf`` keywords)."""
+    runs with the same knobs, changed by ``knobs`` (``ARDFSamplingParams`` fields), and
+    ``controls`` (``generate_ardf`` keywords)."""
     for i, (prompt, (tokens, trace)) in enumerate(zip(video_prompts, got, strict=True)):
-        params = sampler_params(i, cfg_scales[i])
-        if unmasked_commit:
-            params = replace(params, history_mask_ratio=0.0)
+        params = replace(sampler_params(i, cfg_scales[i]), **(knobs or {}))
         expected_tokens, expected_trace = reference_run(
             reference, prompt, params, FRAMES[i], packcache, **controls
         )
@@ -234,20 +236,83 @@ def test_key_norm_selector_with_twins_matches_reference(
     assert any(ours[0] != uniform[0] for ours, uniform in zip(got, uniform_run, strict=True))
 
 
-@pytest.mark.parametrize("control", ["causal canvas", "unmasked commit"])
+@pytest.mark.parametrize(
+    "control", ["causal canvas", "unmasked commit", "masked conditioning", "quantized ranking"]
+)
 def test_oracle_fails_against_the_references_controls(
     control, guided_packcache_run, reference, video_prompts, per_frame
 ):
-    """Teeth: the engine differs from a reference whose canvas is causal, or whose commits keep
-    the frame unmasked, so the oracle above does check both."""
+    """Teeth: the engine differs from a reference whose canvas is causal, whose commits keep
+    the frame unmasked, whose conditioning frames are masked like commits, or which breaks
+    confidence ties by position, so the oracle above checks all four."""
     from packcache_vllm.reference_ardf import FrameAttention
 
     config = PackCacheConfig.preset("packcache", window=WINDOW, min_keep=MIN_KEEP)
-    if control == "causal canvas":
-        controls = {"attention": FrameAttention.CAUSAL}
-    else:
-        controls = {"unmasked_commit": True}
+    controls = {
+        "causal canvas": {"attention": FrameAttention.CAUSAL},
+        "unmasked commit": {"knobs": {"history_mask_ratio": 0.0}},
+        "masked conditioning": {"knobs": {"condition_mask_ratio": 0.7}},
+        "quantized ranking": {"knobs": {"ranking": "quantized"}},
+    }[control]
     with pytest.raises(AssertionError, match="differ"):
         assert_matches_reference(
             guided_packcache_run, reference, video_prompts, per_frame, config, GUIDANCE, **controls
         )
+
+
+def test_masked_conditioning_knob_matches_reference(
+    full_ardf_llm, full_cache_run, reference, video_prompts, per_frame
+):
+    """``ardf_condition_mask_ratio`` 0.7 (conditioning frames masked like commits) stays
+    reachable and oracle-exact; it changes the image-to-video requests only."""
+    masked = {"condition_mask_ratio": 0.7}
+    params = [replace(sampler_params(i), **masked) for i in range(len(video_prompts))]
+    got = run_engine(full_ardf_llm, video_prompts, params, per_frame)
+    assert_matches_reference(got, reference, video_prompts, per_frame, None, knobs=masked)
+    for i, prompt in enumerate(video_prompts):
+        has_frame = len(prompt) > find_frame_start(prompt)
+        assert (got[i][0] != full_cache_run[i][0]) == has_frame, f"request {i}"
+
+
+def test_conditioning_frame_kv_in_the_engine_is_the_unmasked_frames(
+    full_ardf_llm, reference, video_prompts, per_frame
+):
+    """The engine's cached values of an image-to-video prompt's conditioning frame (every
+    layer, read from vLLM's paged cache) equal the dense reference's whole-frame prefill and
+    differ from its history-masked one."""
+    from packcache_vllm.engine.kv_layout import read_values
+    from packcache_vllm.reference import RebaseMode
+    from packcache_vllm.reference_ardf import FrameAttention, prefilled_twins
+
+    prompt = video_prompts[0]
+    frame_start = find_frame_start(prompt)
+    assert len(prompt) == frame_start + per_frame  # one conditioning frame
+    engine, params = full_ardf_llm.llm_engine, sampler_params(0)
+    engine.add_request("kv-probe", {"prompt_token_ids": prompt}, vllm_params(params, 2, per_frame))
+    scheduler = engine.engine_core.engine_core.scheduler
+    try:
+        while not any(r.num_computed_tokens >= len(prompt) for r in scheduler.requests.values()):
+            engine.step()
+        (blocks,) = [b for b in scheduler.block_manager.req_to_blocks.values() if b]
+        block_ids = [blocks[i // BLOCK_SIZE].block_id for i in range(len(prompt))]
+        slots = torch.tensor(
+            [block_ids[i] * BLOCK_SIZE + i % BLOCK_SIZE for i in range(frame_start, len(prompt))]
+        )
+        runner = runner_of(full_ardf_llm)
+        engine_values = [read_values(c, runner.page_layout, slots) for c in runner.kv_caches]
+    finally:
+        engine.abort_request(["kv-probe"])
+    for ratio, should_match in ((0.0, True), (0.7, False)):
+        twins = prefilled_twins(
+            reference,
+            prompt,
+            replace(params, condition_mask_ratio=ratio),
+            None,
+            RebaseMode.POSITIONS,
+            FrameAttention.BIDIRECTIONAL,
+        )
+        cache = twins.cond.cache
+        in_frame = cache.indices >= frame_start
+        for layer, got in enumerate(engine_values):
+            want = cache.values[layer][in_frame]
+            assert torch.allclose(got, want, atol=1e-4) == should_match, (ratio, layer)

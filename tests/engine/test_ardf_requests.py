@@ -25,8 +25,9 @@ def request(max_tokens: int = 64, **extra_args):
 def test_defaults_are_lumos_1s():
     params = ardf_params_of(request())
     assert params == ARDFSamplingParams()
-    assert (params.steps_per_frame, params.cfg_scale, params.top_k) == (50, 15.0, 2000)
+    assert (params.steps_per_frame, params.cfg_scale, params.top_k) == (50, 15.0, None)
     assert (params.schedule, params.history_mask_ratio) == ("cosine", 0.7)
+    assert (params.condition_mask_ratio, params.ranking) == (0.0, "exact")
 
 
 def test_overrides_are_applied():

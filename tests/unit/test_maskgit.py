@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -70,8 +71,9 @@ def run_frame(params: ARDFSamplingParams, logits_seed: int = 0):
 
 def test_defaults_are_lumos_inference_settings():
     params = ARDFSamplingParams()
-    assert (params.steps_per_frame, params.cfg_scale, params.top_k) == (50, 15.0, 2000)
+    assert (params.steps_per_frame, params.cfg_scale, params.top_k) == (50, 15.0, None)
     assert (params.temperature, params.schedule, params.history_mask_ratio) == (1.0, "cosine", 0.7)
+    assert (params.condition_mask_ratio, params.ranking) == (0.0, "exact")
 
 
 @pytest.mark.parametrize(
@@ -86,6 +88,8 @@ def test_defaults_are_lumos_inference_settings():
         ("schedule", "sigmoid", "['cosine', 'linear']"),
         ("seed", -3, "[0, 9223372036854775807]"),
         ("history_mask_ratio", 1.5, "[0, 1]"),
+        ("condition_mask_ratio", -0.5, "[0, 1]"),
+        ("ranking", "stable", "['exact', 'quantized']"),
         ("steps_per_frame", True, "[1, 1000]"),
     ],
 )
@@ -181,8 +185,9 @@ def test_restrict_to_visual_keeps_visual_columns():
         restrict_to_visual(torch.zeros(1, 100))
 
 
-def first_step(params: ARDFSamplingParams, cond: torch.Tensor):
-    """Step 0 of a fresh canvas for one request, without guidance."""
+def first_step(params: ARDFSamplingParams, cond: torch.Tensor, noise: StepNoise | None = None):
+    """Step 0 of a fresh canvas for one request, without guidance (noise None: drawn from the
+    request's generator)."""
     return denoise_step(
         cond,
         None,
@@ -190,7 +195,7 @@ def first_step(params: ARDFSamplingParams, cond: torch.Tensor):
         visual_cells(ROWS, COLS),
         CanvasProgress.at([0], [0]),
         knobs_for(params),
-        draw_step_noise([request_generator(params)], F),
+        draw_step_noise([request_generator(params)], F) if noise is None else noise,
     )
 
 
@@ -272,27 +277,15 @@ def test_requests_in_a_batch_are_independent():
     assert torch.equal(batched.canvas[1][3:6], canvas_b[3:6])  # fixed cells stay fixed
 
 
-def test_ties_are_broken_by_position():
+def test_quantized_ranking_breaks_ties_by_position():
     """Identical logits everywhere and no noise: every confidence ties, so the lowest cells are
     fixed first; float noise far below the quantum does not change that."""
-    params = ARDFSamplingParams(steps_per_frame=4, temperature=0.0, seed=0)
+    params = ARDFSamplingParams(steps_per_frame=4, temperature=0.0, seed=0, ranking="quantized")
     flat = torch.zeros(1, F, VOCAB)
     flat[..., 5] = 2.0
     jitter = flat + 1e-7 * torch.randn(flat.shape, generator=torch.Generator().manual_seed(3))
     cells = visual_cells(ROWS, COLS)
-    zeros = StepNoise(sample_u=torch.zeros(1, F), gumbel_u=torch.full((1, F), 0.5))
-    results = [
-        denoise_step(
-            logits,
-            None,
-            frame_template(ROWS, COLS)[None],
-            cells,
-            CanvasProgress.at([0], [0]),
-            knobs_for(params),
-            zeros,
-        ).newly_fixed[0]
-        for logits in (flat, jitter)
-    ]
+    results = [first_step_fixed(params, logits) for logits in (flat, jitter)]
     assert torch.equal(results[0], results[1])
     fixed_offsets = results[0].nonzero().flatten()
     first_cells = cells.nonzero().flatten()[: fixed_offsets.numel()]
@@ -307,3 +300,62 @@ def test_rank_keys_are_unique_and_rank_non_candidates_last():
     assert keys.argsort().tolist() == [3, 1, 0, 2, 4]
     with pytest.raises(ValueError, match="NaN"):
         rank_keys(torch.tensor([[float("nan")]]), torch.tensor([[True]]))
+
+
+def first_step_fixed(params: ARDFSamplingParams, logits: torch.Tensor) -> torch.Tensor:
+    """[F] bool: the cells the first step fixes, with no re-masking noise (temperature 0)."""
+    zeros = StepNoise(sample_u=torch.zeros(1, F), gumbel_u=torch.full((1, F), 0.5))
+    return first_step(params, logits, zeros).newly_fixed[0]
+
+
+def lumos_masking(confidence: torch.Tensor, mask_len: int) -> torch.Tensor:
+    """Lumos-1's ``mask_by_random_topk`` cut (model/utils.py), transcribed: [N] -> [N] bool."""
+    cut_off = torch.sort(confidence).values[mask_len]
+    return confidence < cut_off
+
+
+def test_exact_ranking_fixes_every_cell_tied_at_the_cut_off():
+    """Lumos-1 (the default): all confidences tie, so none is below the cut-off and the first
+    step fixes every cell, although the schedule asked to keep most of them masked."""
+    flat = torch.zeros(1, F, VOCAB)
+    flat[..., 5] = 2.0
+    params = ARDFSamplingParams(steps_per_frame=4, temperature=0.0, seed=0)
+    assert schedule_table(params, CELLS)[0] > 0
+    assert torch.equal(first_step_fixed(params, flat), visual_cells(ROWS, COLS))
+
+
+def test_exact_ranking_equals_lumos_cut_off_with_partial_ties():
+    """Cells in three confidence groups (two of them tied across the cut-off): the cells the
+    step keeps masked are exactly those Lumos-1's ``confidence < cut_off`` masks."""
+    params = ARDFSamplingParams(steps_per_frame=4, temperature=0.0, seed=0)
+    cells = visual_cells(ROWS, COLS)
+    group = torch.arange(CELLS) % 3  # per cell: 0 least confident .. 2 most
+    logits = torch.zeros(1, F, VOCAB)
+    logits[0, cells, 0] = torch.tensor([0.5, 3.0, 6.0])[group]  # argmax code 0, p by group
+    confidence = logits[0, cells].log_softmax(-1)[:, 0]
+    keep = schedule_table(params, CELLS)[0]  # 22 of 24: the cut-off sits inside group 2
+    expected_masked = lumos_masking(confidence, keep)
+    fixed = first_step_fixed(params, logits)[cells]
+    assert torch.equal(~fixed, expected_masked)
+    assert expected_masked.sum() < keep  # the tie at the cut-off fixed more than asked
+    quantized = first_step_fixed(replace(params, ranking="quantized"), logits)[cells]
+    assert int((~quantized).sum()) == keep  # the other ranking keeps exactly the schedule's count
+
+
+def test_exact_ranking_without_ties_keeps_the_least_confident():
+    """Distinct confidences (random logits, Gumbel noise on): both rankings keep exactly the
+    schedule's count masked, the least confident cells, and agree with Lumos-1's cut."""
+    params = ARDFSamplingParams(steps_per_frame=4, seed=5)
+    logits = random_logits(1, 21)
+    cells = visual_cells(ROWS, COLS)
+    noise = draw_step_noise([request_generator(params)], F)
+    results = [
+        first_step(replace(params, ranking=ranking), logits, noise)
+        for ranking in ("exact", "quantized")
+    ]
+    keep = schedule_table(params, CELLS)[0]
+    exact = results[0]
+    expected = lumos_masking(exact.confidence[0, cells], keep)
+    assert torch.equal(~exact.newly_fixed[0, cells], expected)
+    assert int(expected.sum()) == keep
+    assert torch.equal(exact.newly_fixed, results[1].newly_fixed)

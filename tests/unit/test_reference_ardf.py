@@ -5,6 +5,7 @@ from-scratch recomputation of every step on the full sequence."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -26,7 +27,12 @@ from packcache_vllm.core.maskgit import (
 )
 from packcache_vllm.model.factory import build_tiny_lumos, make_video_prompt
 from packcache_vllm.reference import KVCache, RebaseMode, ReferenceVideoModel
-from packcache_vllm.reference_ardf import FrameAttention, generate_ardf, unconditional_prompt
+from packcache_vllm.reference_ardf import (
+    FrameAttention,
+    generate_ardf,
+    prefilled_twins,
+    unconditional_prompt,
+)
 
 ROWS, COLS = 4, 6
 PER_FRAME = ROWS * (COLS + 1) + 4  # 32
@@ -130,6 +136,66 @@ def test_unmasked_commit_changes_the_result(model, prompt, baseline):
     assert result.token_ids != baseline.token_ids
 
 
+def test_masked_conditioning_changes_the_result(model, prompt, baseline):
+    masked = replace(PARAMS, condition_mask_ratio=0.7)
+    assert generate_ardf(model, prompt, 3, masked).token_ids != baseline.token_ids
+
+
+def conditioning_kv(model, prompt: list[int], params: ARDFSamplingParams):
+    """Per layer, the (keys, values) both twins cache for the conditioning frame, as
+    ``generate_ardf`` prefills them."""
+    twins = prefilled_twins(
+        model, prompt, params, None, RebaseMode.POSITIONS, FrameAttention.BIDIRECTIONAL
+    )
+    out = []
+    for session in twins.all():
+        start = session.layout.frame_start
+        frame = (session.cache.indices >= start) & (session.cache.indices < start + PER_FRAME)
+        layers = zip(session.cache.keys, session.cache.values, strict=True)
+        out.append([(k[frame], v[frame]) for k, v in layers])
+    return out
+
+
+def frame_forward_kv(model, prompt: list[int], frame: list[int]):
+    """Per layer, (keys, values) of ``frame`` forwarded once after the prompt's text, causal
+    text then bidirectional inside the frame: what an unmasked (or masked) cache holds."""
+    text_len = find_frame_start(prompt)
+    sequence = prompt[:text_len] + frame
+    index = torch.arange(len(sequence))
+    in_frame = index >= text_len
+    allowed = (index[None, :] <= index[:, None]) | (in_frame[:, None] & in_frame[None, :])
+    layout = FrameLayout(text_len, len(sequence), ROWS, COLS)
+    cache = KVCache.empty(model.config, model.dtype)
+    model.run_layers(torch.tensor(sequence), index, cache, layout, 0, allowed=allowed)
+    return [(k[text_len:], v[text_len:]) for k, v in zip(cache.keys, cache.values, strict=True)]
+
+
+def test_conditioning_frame_is_cached_whole_by_default(model, prompt):
+    """Lumos-1 caches the conditioning frame unmasked: the reference's cached K/V of that frame
+    equal one unmasked forward of it, and differ from a forward of its history-masked copy
+    (which ``condition_mask_ratio`` 0.7 reproduces)."""
+    frame_start = find_frame_start(prompt)
+    frame = prompt[frame_start : frame_start + PER_FRAME]
+    masked_frame = apply_history_mask(torch.tensor(frame), history_mask(ROWS, COLS, 0.7)).tolist()
+    unmasked = frame_forward_kv(model, prompt, frame)
+    masked = frame_forward_kv(model, prompt, masked_frame)
+    for params, expected, other in (
+        (PARAMS, unmasked, masked),
+        (replace(PARAMS, condition_mask_ratio=0.7), masked, unmasked),
+    ):
+        cond_twin, uncond_twin = conditioning_kv(model, prompt, params)
+        for (keys, values), (want_k, want_v), (other_k, _) in zip(
+            cond_twin, expected, other, strict=True
+        ):
+            torch.testing.assert_close(keys, want_k, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(values, want_v, atol=1e-5, rtol=1e-5)
+            assert (keys - other_k).abs().max() > 1e-2
+        # The unconditional twin (no text, so deeper layers differ): its first layer's keys
+        # (pre-RoPE, a function of the ids alone) show the same choice of masked or whole frame.
+        torch.testing.assert_close(uncond_twin[0][0], expected[0][0], atol=1e-5, rtol=1e-5)
+        assert (uncond_twin[0][0] - other[0][0]).abs().max() > 1e-2
+
+
 def test_text_to_video_prompt(model):
     prompt = make_video_prompt(ROWS, COLS, TEXT, with_condition_frame=False, rng=random.Random(2))
     result = generate_ardf(model, prompt, 1, PARAMS)
@@ -169,11 +235,13 @@ def full_sequence_visual_logits(model, sequence: list[int]) -> torch.Tensor:
 
 def plain_ardf(model, prompt: list[int], num_frames: int, params: ARDFSamplingParams):
     """AR-DF without any cache: every step recomputes both twins' full sequences (history as
-    committed: text, then every frame's history-masked copy) plus the canvas."""
+    committed: text, the conditioning frames with their own mask, then every generated frame's
+    history-masked copy) plus the canvas."""
     commit_mask = history_mask(ROWS, COLS, params.history_mask_ratio)
+    condition_mask = history_mask(ROWS, COLS, params.condition_mask_ratio)
     text_len = find_frame_start(prompt)
     anchors = torch.tensor(prompt[text_len:]).view(-1, PER_FRAME)
-    cond = prompt[:text_len] + apply_history_mask(anchors, commit_mask).flatten().tolist()
+    cond = prompt[:text_len] + apply_history_mask(anchors, condition_mask).flatten().tolist()
     uncond = unconditional_prompt(cond)
     generator = request_generator(params)
     knobs = SamplerKnobs.from_params([params], model.config.vocab_size - LUMOS_TOKENS.visual_base)
@@ -199,9 +267,11 @@ def plain_ardf(model, prompt: list[int], num_frames: int, params: ARDFSamplingPa
     return frames, fixed
 
 
-@pytest.mark.parametrize("ratio", [0.0, 0.7])
-def test_cache_matches_a_plain_full_sequence_recomputation(model, prompt, ratio):
-    params = ARDFSamplingParams(steps_per_frame=4, seed=3, history_mask_ratio=ratio)
+@pytest.mark.parametrize(("history", "condition"), [(0.0, 0.0), (0.7, 0.0), (0.7, 0.7)])
+def test_cache_matches_a_plain_full_sequence_recomputation(model, prompt, history, condition):
+    params = ARDFSamplingParams(
+        steps_per_frame=4, seed=3, history_mask_ratio=history, condition_mask_ratio=condition
+    )
     result = generate_ardf(model, prompt, 2, params)
     frames, fixed = plain_ardf(model, prompt, 2, params)
     assert [f.token_ids for f in result.frames] == frames
