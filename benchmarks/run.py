@@ -149,14 +149,14 @@ def prompts_for(model_dir: Path, count: int) -> tuple[list[list[int]], int]:
     from types import SimpleNamespace
 
     from packcache_vllm.core.layout import tokens_per_frame
-    from packcache_vllm.model.config_hook import frame_grid
+    from packcache_vllm.model.config_hook import frame_grid, visual_codebook_size
     from packcache_vllm.model.factory import make_video_prompt
 
     config = SimpleNamespace(**json.loads((model_dir / "config.json").read_text()))
     rows, cols = frame_grid(config)
     rng = random.Random(0)
     texts = [[4 + b for b in f"clip {i}".encode()] for i in range(count)]
-    codebook = config.codebook_size  # the checkpoint's: a trained model's may be small
+    codebook = visual_codebook_size(config)  # a trained model's is small
     prompts = [
         make_video_prompt(
             rows, cols, text, with_condition_frame=True, rng=rng, codebook_size=codebook

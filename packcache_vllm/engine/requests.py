@@ -22,6 +22,7 @@ from packcache_vllm.cli import (
 from packcache_vllm.core.budget import PackCacheConfig
 from packcache_vllm.core.layout import FrameLayout, find_frame_start
 from packcache_vllm.engine import ardf_requests
+from packcache_vllm.engine.vocab_check import check_request_token_ids
 from packcache_vllm.model.config_hook import frame_grid
 
 
@@ -58,7 +59,9 @@ def bound_tokens(layout: FrameLayout, config: PackCacheConfig, max_tokens: int) 
 
 
 def check_request(vllm_config, prompt_token_ids, sampling_params) -> None:
-    """All checks of one request (no-op unless a policy is active). Raises ValueError."""
+    """All checks of one request: its token ids against the Lumos-1 model's vocabulary (with or
+    without a policy), the rest only when a policy is active. Raises ValueError."""
+    check_request_token_ids(vllm_config, prompt_token_ids)
     base = engine_policy(vllm_config)
     if base is None or prompt_token_ids is None or not hasattr(sampling_params, "extra_args"):
         return

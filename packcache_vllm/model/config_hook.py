@@ -7,6 +7,7 @@ describes the split: how many of the head_dim/2 rotary frequencies follow t, h a
 
 from __future__ import annotations
 
+from packcache_vllm.core.layout import LUMOS_TOKENS
 from packcache_vllm.core.rope import channel_axes
 
 LUMOS_ARCHITECTURE = "ChameleonXLLMXForConditionalGeneration"
@@ -21,6 +22,27 @@ def frame_grid(hf_config) -> tuple[int, int]:
     if rows < 1 or cols < 1:
         raise ValueError(f"video_rows/video_cols must be >= 1, got {rows} x {cols}")
     return int(rows), int(cols)
+
+
+def visual_codebook_size(hf_config) -> int:
+    """How many visual codes the checkpoint can emit: ids ``visual_base + [0, size)``.
+
+    ``codebook_size`` from the config (the factory's and the trained checkpoints', e.g. 16), else
+    every embedding row after the text ids (a real Lumos-1: 129,536 - 65,536 = 64,000 codes).
+    ValueError if the embedding (``vocab_size`` rows) has no room for them."""
+    vocab_size = getattr(hf_config, "vocab_size", None)
+    if vocab_size is None:
+        raise ValueError("config has no vocab_size (the embedding's rows)")
+    rows_after_text = int(vocab_size) - LUMOS_TOKENS.visual_base
+    size = getattr(hf_config, "codebook_size", None)
+    size = rows_after_text if size is None else int(size)
+    if not 1 <= size <= rows_after_text:
+        raise ValueError(
+            f"the visual codebook must have 1..{rows_after_text} codes (vocab_size "
+            f"{vocab_size} minus the {LUMOS_TOKENS.visual_base} text ids), got "
+            f"codebook_size {size}"
+        )
+    return size
 
 
 def rope_theta(hf_config) -> float:
@@ -50,6 +72,7 @@ class LumosConfigHook:
                 "checkpoints are supported"
             )
         frame_grid(hf_config)
+        visual_codebook_size(hf_config)
         head_dim = hf_config.hidden_size // hf_config.num_attention_heads
         hf_config.mrope_section = mrope_section(head_dim)
 

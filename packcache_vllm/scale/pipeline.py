@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packcache_vllm.model.config_hook import frame_grid, visual_codebook_size
 from packcache_vllm.scale.requests import PromptBuilder, VideoRequest, load_requests
 from packcache_vllm.scale.results import ResultStore
-from packcache_vllm.scale.settings import BatchJob, frame_grid_of, replica_env
+from packcache_vllm.scale.settings import BatchJob, checkpoint_config, replica_env
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,11 @@ class BatchReport:
 
 def prepare(job: BatchJob) -> tuple[ResultStore, list[VideoRequest], set[str]]:
     """Validate the job; the store, every request and the ids already finished."""
-    rows, cols = frame_grid_of(job.engine.model)
-    builder = PromptBuilder(rows, cols, caption_encoder(job.engine.model))
+    config = checkpoint_config(job.engine.model)
+    rows, cols = frame_grid(config)
+    builder = PromptBuilder(
+        rows, cols, visual_codebook_size(config), caption_encoder(job.engine.model)
+    )
     requests = load_requests(job.requests_path, builder, job.engine.policy_config())
     store = ResultStore(job.output_dir).create()
     return store, requests, store.finished(requests)
@@ -107,7 +111,7 @@ def run_batch(job: BatchJob) -> BatchReport:
 
 def generate(job: BatchJob, pending: list[VideoRequest], run_id: str) -> list[str]:
     """Run the pipeline; the ids generated, in order. A replica's failure is a ReplicaError whose
-    message is the replica's own last error line (the full trace is its ``__cause__``)."""
+    message is the replica's own exception (the full trace is its ``__cause__``)."""
     from ray.exceptions import RayError
 
     generated = []
@@ -118,9 +122,23 @@ def generate(job: BatchJob, pending: list[VideoRequest], run_id: str) -> list[st
                 "finished %s on %s (%d/%d)", row["id"], row["replica"], len(generated), len(pending)
             )
     except RayError as error:
-        lines = [line for line in str(error).splitlines() if line.strip()]
-        raise ReplicaError(f"batch job failed in a replica: {lines[-1]}") from error
+        raise ReplicaError(replica_failure(job, run_id, error)) from error
     return generated
+
+
+def replica_failure(job: BatchJob, run_id: str, error: Exception) -> str:
+    """What failed: the exceptions this run's replicas recorded with their requests (Ray Data
+    ends a failed batch's message with its retry hint). A replica that recorded none failed to
+    start (Ray's last line is then the replica's own error) or its process died (Ray says so)."""
+    failures = [
+        f"replica {r['replica']} on requests {r['failure']['requests']}: {r['failure']['error']}"
+        for r in ResultStore(job.output_dir).replicas_of_run(run_id)
+        if r.get("failure")
+    ]
+    if failures:
+        return "batch job failed in " + "; ".join(failures)
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return f"batch job failed in a replica: {lines[-1]}"
 
 
 def generation_dataset(job: BatchJob, pending: list[VideoRequest], run_id: str):

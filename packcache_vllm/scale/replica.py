@@ -3,7 +3,9 @@
 ``VideoReplica`` is the callable class given to ``Dataset.map_batches``: Ray starts one actor per
 replica; each builds its engine once, then generates every batch of requests it is given, writes
 each finished video to the result store at once (so an interruption loses only the batch in
-flight), and rewrites its own summary with its PackCache counters after every batch.
+flight), and rewrites its own summary with its PackCache counters after every batch. A batch that
+fails leaves its exception and request ids in that summary (``failure``) before it is re-raised:
+Ray Data hands the driver only a retry hint and a traceback text, so the driver reports this.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class VideoReplica:
         self.replica_id = f"{run_id}-{socket.gethostname()}-{os.getpid()}"
         self.tokens_per_frame = tokens_per_frame(*frame_grid_of(settings.model))
         self.videos: list[str] = []
+        self.failure: dict[str, Any] | None = None  # the batch that failed, and its exception
         self.generate_s = 0.0
         started = time.perf_counter()
         self.llm = build_engine(settings)
@@ -43,11 +46,19 @@ class VideoReplica:
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         requests = [VideoRequest.from_json(text) for text in batch["request"]]
         started = time.perf_counter()
-        outputs = self.llm.generate(
-            [{"prompt_token_ids": list(r.prompt_token_ids)} for r in requests],
-            [self.sampling_params(r) for r in requests],
-            use_tqdm=False,
-        )
+        try:
+            outputs = self.llm.generate(
+                [{"prompt_token_ids": list(r.prompt_token_ids)} for r in requests],
+                [self.sampling_params(r) for r in requests],
+                use_tqdm=False,
+            )
+        except Exception as error:  # recorded for the driver, then re-raised
+            self.failure = {
+                "requests": [r.id for r in requests],
+                "error": f"{type(error).__name__}: {error}",
+            }
+            self.publish()
+            raise
         seconds = time.perf_counter() - started
         self.generate_s += seconds
         for request, output in zip(requests, outputs, strict=True):
@@ -90,6 +101,7 @@ class VideoReplica:
                 "engine_start_s": round(self.engine_start_s, 3),
                 "generate_s": round(self.generate_s, 3),
                 "videos": list(self.videos),
+                "failure": self.failure,
                 "counters": asdict(total_counters()),
             }
         )

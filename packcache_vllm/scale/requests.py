@@ -5,7 +5,8 @@ A line is::
     {"id": "clip-001",                       # unique; [A-Za-z0-9._-], names the result files
      "prompt_token_ids": [...],              # a Lumos-1 video prompt as token ids, or
      "caption": "a red ball",                #   a caption, tokenized with the checkpoint's
-     "condition_seed": 7,                    #   tokenizer (+ a seeded random conditioning frame)
+     "condition_seed": 7,                    #   tokenizer (+ a seeded random conditioning frame
+                                             #   of the checkpoint's visual codes)
      "frames": 8,                            # latent frames to generate
      "packcache": {"window": 2},             # optional per-request policy overrides
      "temperature": 0.0, "seed": 0}          # optional sampling (greedy by default)
@@ -24,6 +25,7 @@ from typing import Any
 
 from packcache_vllm.cli import parse_request_overrides
 from packcache_vllm.core.budget import PackCacheConfig
+from packcache_vllm.engine.vocab_check import check_token_ids
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 PROMPT_KEYS = ("prompt_token_ids", "caption")
@@ -61,10 +63,12 @@ class VideoRequest:
 
 @dataclass(frozen=True)
 class PromptBuilder:
-    """Turns a caption into a video prompt: the checkpoint's tokenizer and frame grid."""
+    """The checkpoint's prompts: a caption becomes a video prompt with its tokenizer, frame grid
+    and visual codebook; given token ids must lie in its vocabulary."""
 
     rows: int
     cols: int
+    codebook_size: int  # visual codes the checkpoint can emit (config_hook.visual_codebook_size)
     encode: Callable[[str], list[int]]
 
     def build(self, caption: str, condition_seed: int | None) -> tuple[int, ...]:
@@ -76,8 +80,14 @@ class PromptBuilder:
             self.encode(caption),
             with_condition_frame=condition_seed is not None,
             rng=random.Random(condition_seed),
+            codebook_size=self.codebook_size,
         )
         return tuple(prompt)
+
+    def check(self, prompt_token_ids: list[int]) -> tuple[int, ...]:
+        """Given token ids, refused (ValueError) if the checkpoint cannot embed one of them."""
+        check_token_ids(prompt_token_ids, self.codebook_size)
+        return tuple(prompt_token_ids)
 
 
 def load_requests(
@@ -148,7 +158,7 @@ def prompt_of(raw: dict, builder: PromptBuilder) -> tuple[int, ...]:
         raise ValueError(
             f"prompt_token_ids must be a non-empty list of token ids >= 0, got {ids!r}"
         )
-    return tuple(ids)
+    return builder.check(ids)
 
 
 def check_overrides(value: object, base: PackCacheConfig | None) -> dict[str, Any]:

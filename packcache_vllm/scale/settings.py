@@ -114,10 +114,8 @@ class BatchJob:
             raise ValueError(f"requests file {self.requests_path} does not exist")
 
 
-def frame_grid_of(model: Path) -> tuple[int, int]:
-    """The checkpoint's frame grid from its config.json; ValueError naming what is missing."""
-    from packcache_vllm.model.config_hook import frame_grid
-
+def checkpoint_config(model: Path) -> SimpleNamespace:
+    """The checkpoint's config.json as attributes; ValueError naming what is missing."""
     config_path = Path(model) / "config.json"
     if not Path(model).is_dir():
         raise ValueError(f"model directory {model} does not exist (give a local checkpoint dir)")
@@ -125,4 +123,11 @@ def frame_grid_of(model: Path) -> tuple[int, int]:
         config = json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"model {model}: cannot read {config_path.name}: {error}") from None
-    return frame_grid(SimpleNamespace(**config))
+    return SimpleNamespace(**config)
+
+
+def frame_grid_of(model: Path) -> tuple[int, int]:
+    """The checkpoint's frame grid from its config.json; ValueError naming what is missing."""
+    from packcache_vllm.model.config_hook import frame_grid
+
+    return frame_grid(checkpoint_config(model))

@@ -2,7 +2,9 @@
 
 Every video equals the dense reference's with the same policy (eviction active: W=3, frames
 thinned to 1/2 and 1/4, then dropped); every replica evicted; a re-run skips what is finished and
-regenerates only what an interruption lost; a model that cannot load fails the job with its cause.
+regenerates only what an interruption lost; a model that cannot load fails the job with its cause,
+and so does a replica whose engine refuses a batch; caption prompts and given token ids are checked
+against the checkpoint's own codebook before any replica starts.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import random
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -158,6 +161,61 @@ def test_bad_config_fails_before_any_replica(ray_model_dir, requests_file, tmp_p
     )
     with pytest.raises(ValueError, match=r"bad.jsonl:1: .*'window'.* must be an integer >= 1"):
         run_batch(make_job(ray_model_dir, bad_line, tmp_path / "out"))
+
+
+TRAINED_MODEL = Path(__file__).resolve().parents[2] / "checkpoints" / "lumos-motion-8x12"
+
+
+def test_caption_prompts_draw_conditioning_codes_from_the_checkpoints_codebook(tmp_path):
+    from packcache_vllm.scale.pipeline import prepare
+
+    config = json.loads((TRAINED_MODEL / "config.json").read_text())
+    requests = tmp_path / "captions.jsonl"
+    lines = [
+        {"id": f"c{seed}", "caption": "a red ball", "condition_seed": seed, "frames": 1}
+        for seed in range(4)
+    ]
+    requests.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    _, built, _ = prepare(make_job(TRAINED_MODEL, requests, tmp_path / "out"))
+    visual = [t for request in built for t in request.prompt_token_ids if t >= 65536]
+    assert len(visual) == len(lines) * config["video_rows"] * config["video_cols"]
+    assert max(visual) < 65536 + config["codebook_size"] == config["vocab_size"]
+
+
+def test_a_prompt_id_outside_the_checkpoints_vocabulary_fails_its_line(tmp_path):
+    from packcache_vllm.scale.pipeline import prepare
+
+    past_the_codebook = json.loads((TRAINED_MODEL / "config.json").read_text())["vocab_size"]
+    requests = tmp_path / "ids.jsonl"
+    lines = [
+        {"id": "fine", "prompt_token_ids": [5, 6], "frames": 1},
+        {"id": "oov", "prompt_token_ids": [5, past_the_codebook], "frames": 1},
+    ]
+    requests.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    refused = rf"ids.jsonl:2: .*token id {past_the_codebook} at position 1"
+    with pytest.raises(ValueError, match=refused):
+        prepare(make_job(TRAINED_MODEL, requests, tmp_path / "out"))
+
+
+def test_a_failing_replica_ends_the_job_with_its_own_error(ray_cluster, ray_model_dir, tmp_path):
+    """The replica's exception, not Ray Data's retry hint. The request skips the job's up-front
+    checks, so the replica's engine refuses it (an id past the embedding, which unchecked would
+    kill the engine core)."""
+    from packcache_vllm.scale.pipeline import generate
+    from packcache_vllm.scale.requests import VideoRequest
+    from packcache_vllm.scale.results import ResultStore
+
+    past_the_codebook = json.loads((ray_model_dir / "config.json").read_text())["vocab_size"]
+    requests = tmp_path / "unused.jsonl"
+    requests.write_text("")
+    job = make_job(ray_model_dir, requests, tmp_path / "out", replicas=1)
+    ResultStore(job.output_dir).create()
+    bad = VideoRequest(id="oov", prompt_token_ids=(5, 6, past_the_codebook), frames=1)
+    with pytest.raises(ReplicaError) as failure:
+        generate(job, [bad], run_id="failing")
+    message = str(failure.value)
+    assert f"Error: prompt token id {past_the_codebook} at position 2 is outside" in message
+    assert "['oov']" in message and "retry" not in message
 
 
 def test_cli_reports_a_bad_knob_and_exits(ray_model_dir, requests_file, tmp_path, capsys):
