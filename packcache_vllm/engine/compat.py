@@ -255,8 +255,8 @@ def request_error(err: ValueError) -> Exception:
 def install_request_checks() -> None:
     """Check PackCache's per-request parts where vLLM turns a request into an engine request
     (v1/engine/input_processor.py ``InputProcessor.process_inputs``), before the engine sees it;
-    vLLM's OpenAI server answers the resulting VLLMValidationError with HTTP 400. No-op unless a
-    policy is active."""
+    vLLM's OpenAI server answers the resulting VLLMValidationError with HTTP 400. For other models
+    than Lumos-1 a no-op; for Lumos-1 the policy's checks only when a policy is active."""
     from vllm.v1.engine.input_processor import InputProcessor
 
     if getattr(InputProcessor.process_inputs, REQUEST_CHECK_MARK, False):
