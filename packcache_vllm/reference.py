@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from packcache_vllm.core.layout import FrameLayout, find_frame_start
-from packcache_vllm.core.rope import MMRoPE, rotate
+from packcache_vllm.core.rope import MMRoPE, rotate, time_rebase_refusal
 from packcache_vllm.core.select import key_layer
 
 QK_NORM_EPS = 1e-5
@@ -565,10 +565,10 @@ class ReferenceSession:
 
     def __post_init__(self) -> None:
         self.cache = KVCache.empty(self.model.config, self.model.dtype)
-        if self.rebase is RebaseMode.ROTATE_ANCHORS and not self.model.rope.pairs_share_axis:
+        if self.rebase is RebaseMode.ROTATE_ANCHORS and not self.model.rope.rebases_time:
             raise ValueError(
-                f"RebaseMode.ROTATE_ANCHORS needs head_dim/2 to be a multiple of 16, got "
-                f"head_dim={self.model.config.head_dim}; use RebaseMode.POSITIONS"
+                f"RebaseMode.ROTATE_ANCHORS: {time_rebase_refusal(self.model.config.head_dim)}; "
+                "use RebaseMode.POSITIONS"
             )
 
     def prefill(self, prompt_ids: Sequence[int], *, all_logits: bool = False) -> torch.Tensor:

@@ -5,11 +5,18 @@ the position of axis ``CHANNEL_AXES[c mod 16]`` (t: 0-3, h: 4,5,8,9,12,13, w: 6,
 exactly as Lumos-1's "MMRoPE v9"; channels past the last full group of 16 use t. Text tokens get
 (p, p, p), which is plain 1D RoPE on every channel. Keys are stored rotated, so a temporal rebase
 of cached keys is a rotation of their t channels only (``rotate_time``).
+
+That holds only where no rotate-half pair (c, c + head_dim/2) joins a t channel with an h/w
+channel (``supports_time_rebase``: head_dim a multiple of 32, or below 16). Where one does (head_dim
+48, 80, ...), the pair's map [[cos ft, -sin ft], [sin fh, cos fh]] is not a rotation: attention
+scores change under a common time shift, so moving the anchors forward is not moving the rest
+back, and a cached key cannot be re-rotated in t at all (undoing the map divides by cos f(t - h)).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -26,6 +33,34 @@ def channel_axes(head_dim: int) -> torch.Tensor:
     return axes
 
 
+def time_mixed_pairs(head_dim: int) -> torch.Tensor:
+    """[head_dim/2] bool: rotate-half pairs (c, c + head_dim/2) that join a t channel with an h
+    or w channel (channel_axes decides, as it does for the model)."""
+    on_t = channel_axes(head_dim) == AXIS_T
+    half = head_dim // 2
+    return on_t[:half] != on_t[half:]
+
+
+@lru_cache
+def supports_time_rebase(head_dim: int) -> bool:
+    """Whether a shift in t is a rotation of rotated keys (``MMRoPE.rotate_time``): no pair mixes
+    t with h/w. Then attention depends on t only through differences, and PackCache can rebase
+    time by re-rotating the anchors' keys."""
+    return not bool(time_mixed_pairs(head_dim).any())
+
+
+def time_rebase_refusal(head_dim: int) -> str:
+    """Why MM-RoPE at ``head_dim`` (one ``supports_time_rebase`` refuses) cannot be rebased."""
+    half = head_dim // 2
+    mixed = int(time_mixed_pairs(head_dim).sum())
+    return (
+        f"MM-RoPE at head_dim {head_dim} cannot rebase time: rotate-half pairs channel c with "
+        f"c + {half}, and {mixed} of the {half} pairs join a t channel with an h/w channel, so a "
+        "shift in t is not a rotation of the cached keys (attention scores change under a common "
+        "time shift); dropping frames needs head_dim a multiple of 32 (or below 16)"
+    )
+
+
 @dataclass(frozen=True)
 class MMRoPE:
     head_dim: int
@@ -36,10 +71,9 @@ class MMRoPE:
             raise ValueError(f"MMRoPE.head_dim must be even and >= 2, got {self.head_dim}")
 
     @property
-    def pairs_share_axis(self) -> bool:
-        """True when channel c and its rotate-half partner c + head_dim/2 use the same axis,
-        so each pair is a true 2D rotation (head_dim/2 a multiple of 16: 32, 64, 128...)."""
-        return (self.head_dim // 2) % GROUP == 0
+    def rebases_time(self) -> bool:
+        """Whether ``rotate_time`` can shift rotated keys in t (``supports_time_rebase``)."""
+        return supports_time_rebase(self.head_dim)
 
     def inv_freq(self, device: torch.device | None = None) -> torch.Tensor:
         """[head_dim/2] float32 frequencies theta^(-2i/head_dim)."""
@@ -63,13 +97,11 @@ class MMRoPE:
         """Shift already-rotated keys [N, H, head_dim] by ``delta_t`` along t only.
 
         delta_t: int or [N] int64 (per key). Equal to rotating the un-rotated key at
-        (t + delta_t, h, w); exact up to float rounding, and valid only when pairs share an axis.
+        (t + delta_t, h, w), exact up to float rounding. Raises ValueError (why, naming head_dim)
+        where no pair may mix t with h/w (``supports_time_rebase``).
         """
-        if not self.pairs_share_axis:
-            raise ValueError(
-                f"temporal re-rotation needs head_dim/2 to be a multiple of {GROUP} "
-                f"(got head_dim={self.head_dim}); rebase by recomputing positions instead"
-            )
+        if not self.rebases_time:
+            raise ValueError(time_rebase_refusal(self.head_dim))
         n = keys.shape[0]
         delta = torch.as_tensor(delta_t, dtype=torch.int64, device=keys.device).expand(n)
         shift = torch.zeros(3, n, dtype=torch.int64, device=keys.device)

@@ -23,7 +23,7 @@ from packcache_vllm.core.budget import PackCacheConfig
 from packcache_vllm.core.layout import FrameLayout, find_frame_start
 from packcache_vllm.engine import ardf_requests
 from packcache_vllm.engine.vocab_check import check_request_token_ids
-from packcache_vllm.model.config_hook import frame_grid
+from packcache_vllm.model.config_hook import check_time_rebase, frame_grid
 
 
 def engine_policy(vllm_config) -> PackCacheConfig | None:
@@ -65,7 +65,8 @@ def check_request(vllm_config, prompt_token_ids, sampling_params) -> None:
     base = engine_policy(vllm_config)
     if base is None or prompt_token_ids is None or not hasattr(sampling_params, "extra_args"):
         return
-    request_policy(base, sampling_params)
+    policy = request_policy(base, sampling_params)
+    check_time_rebase(vllm_config.model_config.hf_config, policy, "the request's PackCache policy")
     layout = video_layout(vllm_config, prompt_token_ids)
     if packcache_mode_from(vllm_config) == FRAME_PARALLEL:
         ardf_requests.check_frame_parallel_request(layout, prompt_token_ids, sampling_params)

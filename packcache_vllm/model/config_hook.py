@@ -7,8 +7,10 @@ describes the split: how many of the head_dim/2 rotary frequencies follow t, h a
 
 from __future__ import annotations
 
+from packcache_vllm.cli import packcache_config_from
+from packcache_vllm.core.budget import PackCacheConfig
 from packcache_vllm.core.layout import LUMOS_TOKENS
-from packcache_vllm.core.rope import channel_axes
+from packcache_vllm.core.rope import channel_axes, supports_time_rebase, time_rebase_refusal
 
 LUMOS_ARCHITECTURE = "ChameleonXLLMXForConditionalGeneration"
 MODEL_CLASS_PATH = "packcache_vllm.model.lumos:LumosForVideoGeneration"
@@ -60,6 +62,21 @@ def mrope_section(head_dim: int) -> list[int]:
     return [int((axes == axis).sum()) for axis in range(3)]
 
 
+def check_time_rebase(hf_config, policy: PackCacheConfig | None, who: str) -> None:
+    """ValueError naming ``who``, the checkpoint's head_dim and why, when ``policy`` drops frames
+    (any bounded window does: dropping rebases time) but this checkpoint's MM-RoPE cannot be
+    rebased (``core.rope.supports_time_rebase``)."""
+    if policy is None or not policy.is_bounded:
+        return
+    head_dim = hf_config.hidden_size // hf_config.num_attention_heads
+    if not supports_time_rebase(head_dim):
+        raise ValueError(
+            f"{who} drops frames (window {policy.window}), which rebases time, but "
+            f"{time_rebase_refusal(head_dim)}. Policy full (or none) serves this checkpoint "
+            "without dropping frames"
+        )
+
+
 class LumosConfigHook:
     """vLLM's per-architecture config hook (``MODELS_CONFIG_MAP`` protocol)."""
 
@@ -78,4 +95,8 @@ class LumosConfigHook:
 
     @staticmethod
     def verify_and_update_config(vllm_config) -> None:
-        return None
+        """Refuse, when the engine is configured, a PackCache policy this checkpoint cannot run."""
+        policy, config = packcache_config_from(vllm_config)
+        model_config = vllm_config.model_config
+        who = f"{model_config.model}: PackCache policy {policy!r}"
+        check_time_rebase(model_config.hf_config, config, who)

@@ -59,6 +59,17 @@ TIGHT_POOL_BLOCKS = 14  # too small for the three test videos at once
 TIGHT_MAX_MODEL_LEN = 416  # vLLM needs one max-length request to fit the pool
 
 
+# The LLM arguments of the in-process engines with a PackCache policy.
+POLICY_ENGINE_SETTINGS = {
+    "dtype": "float32",
+    "enforce_eager": True,
+    "block_size": BLOCK_SIZE,
+    "kv_cache_memory_bytes": 64 << 20,
+    "max_model_len": 4096,
+    "seed": 0,
+}
+
+
 def make_packcache_llm(model_dir, **settings):
     """An in-process engine with ``--kv-policy packcache`` (W=3, min_keep 1/4), kept alive for
     the session; ``settings`` override the LLM arguments."""
@@ -66,15 +77,7 @@ def make_packcache_llm(model_dir, **settings):
 
     from packcache_vllm.cli import engine_overrides
 
-    arguments = {
-        "dtype": "float32",
-        "enforce_eager": True,
-        "block_size": BLOCK_SIZE,
-        "kv_cache_memory_bytes": 64 << 20,
-        "max_model_len": 4096,
-        "seed": 0,
-        **settings,
-    }
+    arguments = {**POLICY_ENGINE_SETTINGS, **settings}
     policy = engine_overrides("packcache", window=PACKCACHE_WINDOW, min_keep=PACKCACHE_MIN_KEEP)
     return keep_alive(LLM(str(model_dir), **arguments, **policy))
 

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from packcache_vllm.core.layout import FrameLayout
-from packcache_vllm.core.rope import AXIS_H, AXIS_T, AXIS_W, MMRoPE, channel_axes
+from packcache_vllm.core.rope import (
+    AXIS_H,
+    AXIS_T,
+    AXIS_W,
+    MMRoPE,
+    channel_axes,
+    supports_time_rebase,
+)
 
 T, H, W = AXIS_T, AXIS_H, AXIS_W
 # Angles are computed in float64 and rounded once; only the float32 result rounding remains.
@@ -63,7 +70,7 @@ def generated_indices(layout: FrameLayout, num_frames: int) -> torch.Tensor:
     return torch.arange(start, start + num_frames * layout.tokens_per_frame)
 
 
-@pytest.mark.parametrize("head_dim", [32, 64, 128])
+@pytest.mark.parametrize("head_dim", [8, 32, 64, 96, 128])
 @pytest.mark.parametrize("dropped_frames", [1, 3, 7])
 def test_rotate_time_equals_rebased_positions(head_dim, dropped_frames):
     """Keys rotated at their original positions, then shifted by -t_stride * D in time, equal
@@ -105,7 +112,46 @@ def test_rotate_time_composes(head_dim):
     torch.testing.assert_close(back, keys, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("head_dim", [16, 48])
-def test_rotate_time_needs_pairs_on_one_axis(head_dim):
-    with pytest.raises(ValueError, match="head_dim/2 to be a multiple of 16"):
-        MMRoPE(head_dim).rotate_time(torch.zeros(1, 1, head_dim), 4)
+def shift_changes_scores(head_dim: int) -> bool:
+    """Whether moving queries and keys by one common time shift changes MM-RoPE attention scores
+    (beyond float32 rounding). When it does not, moving the anchors forward by the shift equals
+    moving every later token back by it."""
+    rope, n = MMRoPE(head_dim), 16
+    q, k = unit_values(n, 1, head_dim, seed=3), unit_values(n, 1, head_dim, seed=4)
+    at_q, at_k = torch.randint(0, 3000, (2, 3, n), generator=torch.Generator().manual_seed(5))
+    shift = torch.zeros(3, n, dtype=torch.int64)
+    shift[T] = -4 * 5
+
+    def scores(shift_by: torch.Tensor) -> torch.Tensor:
+        return (rope.apply(q, at_q + shift_by) * rope.apply(k, at_k + shift_by)).sum(-1)
+
+    return not torch.allclose(scores(shift), scores(0 * shift), atol=1e-3, rtol=0)
+
+
+def test_time_rebase_support_is_what_the_model_rope_does():
+    """The rebase re-rotates only the anchors' keys. That equals moving every later token back
+    iff the model's own MM-RoPE scores are invariant under a common time shift, which depends on
+    how head_dim splits the channels: a rotate-half pair joining a t channel with an h/w channel
+    breaks it (head_dim 48, 80, ...)."""
+    for head_dim in range(2, 194, 2):
+        expected = not shift_changes_scores(head_dim)
+        assert supports_time_rebase(head_dim) is expected, head_dim
+        assert expected is (head_dim % 32 == 0 or head_dim < 16), head_dim
+
+
+@pytest.mark.parametrize("head_dim", [8, 16, 32, 48, 64, 80, 96, 128])
+def test_rotate_time_equals_the_rope_at_the_shifted_time_or_refuses(head_dim):
+    """Re-rotating rotated keys by a shift equals the rotary embedding recomputed at the shifted
+    time; where no re-rotation can (the shift is not a rotation of the cached keys), the refusal
+    names head_dim and why."""
+    rope = MMRoPE(head_dim)
+    keys = unit_values(8, 2, head_dim, seed=head_dim)
+    positions = torch.randint(0, 500, (3, 8), generator=torch.Generator().manual_seed(head_dim))
+    if not supports_time_rebase(head_dim):
+        with pytest.raises(ValueError, match=rf"head_dim {head_dim}\b.*h/w channel"):
+            rope.rotate_time(rope.apply(keys, positions), 12)
+        return
+    later = positions.clone()
+    later[T] += 12
+    shifted = rope.rotate_time(rope.apply(keys, positions), 12)
+    torch.testing.assert_close(shifted, rope.apply(keys, later), atol=ATOL, rtol=0)

@@ -159,7 +159,7 @@ def test_attention_over_the_packed_table_equals_attention_over_the_kept_tokens(o
 def test_key_re_rotation_on_the_device_equals_rotating_at_the_later_time():
     """Cached keys re-rotated on the device by +8 in t equal raw keys rotated (on the CPU, in
     float64) at t + 8: what rebasing the anchors relies on."""
-    rope = MMRoPE(64)  # re-rotation needs head_dim/2 a multiple of the channel group
+    rope = MMRoPE(64)  # a head_dim whose time shift is a rotation (rope.supports_time_rebase)
     g = torch.Generator().manual_seed(1)
     raw = torch.randn(10, HEADS, 64, generator=g, dtype=torch.float64)
     positions = torch.randint(0, 50, (3, 10), generator=g)
