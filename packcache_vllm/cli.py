@@ -21,6 +21,7 @@ only when ``device`` is not given).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -41,6 +42,7 @@ KNOB_RANGES = {
 ADDITIONAL_CONFIG_KEY = "packcache"
 REQUEST_KEY = "packcache"  # SamplingParams.extra_args["packcache"] = {"window": 2, ...}
 REQUEST_FLAT_PREFIX = "packcache_"  # ... or flat keys, the only form vllm_xargs can carry
+ARDF_REQUEST_PREFIX = "ardf_"  # frame-parallel sampler knobs (engine/ardf_requests.py)
 SCHEDULER_CLS = "packcache_vllm.engine.scheduler.PackCacheScheduler"
 WORKER_CLS_BY_DEVICE = {
     "cpu": "packcache_vllm.engine.worker.PackCacheCPUWorker",
@@ -200,6 +202,7 @@ def expand(
     scheduler_cls, worker_cls = engine_classes(mode, device)
     check_engine_settings(policy, engine_settings, scheduler_cls, worker_cls)
     device_settings = check_device_settings(policy, device, engine_settings)
+    check_block_size(policy, device, engine_settings.get("block_size"))
     return {
         "scheduler_cls": scheduler_cls,
         "worker_cls": worker_cls,
@@ -234,6 +237,22 @@ def check_device_settings(
         raise ValueError(f"{who} needs async scheduling off, but async_scheduling=True "
                          "(--async-scheduling) was given")  # fmt: skip
     return dict(CUDA_ENGINE_SETTINGS)
+
+
+def check_block_size(policy: str, device: str, block_size: int | None) -> None:
+    """ValueError, at parse time, for a given block size that the CPU attention backend cannot
+    run (vLLM itself fails only once the engine is built, after the model has loaded). The rule
+    is vLLM's own (``compat.cpu_attention_block_size_need``)."""
+    if block_size is None or device != "cpu":
+        return
+    from packcache_vllm.engine import compat
+
+    need = compat.cpu_attention_block_size_need(block_size)
+    if need is not None:
+        raise ValueError(
+            f"--block-size {block_size} (block_size): vLLM's CPU attention backend needs "
+            f"{need}; PackCache policy {policy!r} refuses it before the engine starts"
+        )
 
 
 def worker_cls_for(device: str) -> str:
@@ -305,6 +324,7 @@ def describe_overrides(overrides: Mapping[str, Any]) -> str:
 # --- command line ---------------------------------------------------------------------------
 
 ENGINE_SETTING_FIELDS = (
+    "block_size",
     "enable_prefix_caching",
     "async_scheduling",
     "speculative_config",
@@ -496,6 +516,25 @@ def parse_request_overrides(
     for knob, (name, value) in given.items():
         check_knob(knob, value, name)
     return replace(base, **{knob: value for knob, (_, value) in given.items()})
+
+
+def refuse_boolean_knobs(request_args: Mapping[str, Any], name: str = "vllm_xargs") -> None:
+    """ValueError naming the first ``packcache_*`` / ``ardf_*`` key of ``request_args`` whose
+    value is a boolean (or a list holding one). No knob is a boolean, and the OpenAI server's
+    schema turns JSON ``true`` into ``1`` before any check sees it, so it is refused in the raw
+    request (``engine/http_guard.py``); ``name`` says where ``request_args`` came from."""
+    for key, value in request_args.items():
+        if not isinstance(key, str) or not key.startswith(
+            (REQUEST_FLAT_PREFIX, ARDF_REQUEST_PREFIX)
+        ):
+            continue
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(item, bool) for item in values):
+            raise ValueError(
+                f"{name}[{key!r}] must be a number or a name, got the boolean "
+                f"{json.dumps(value)}: no PackCache (packcache_*) or frame-parallel (ardf_*) "
+                "knob is a boolean"
+            )
 
 
 def _request_knobs(extra_args: Mapping[str, Any]) -> dict[str, tuple[str, object]]:

@@ -18,6 +18,8 @@ PackCache rebases time: every token of a generated (non-anchor) frame has its t 
 from __future__ import annotations
 
 import enum
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -103,11 +105,13 @@ class FrameLayout:
                 f"FrameLayout.anchor_len ({self.anchor_len}) must be >= frame_start "
                 f"({self.frame_start}): the prompt contains all text tokens"
             )
-        if (self.anchor_len - self.frame_start) % self.tokens_per_frame:
+        frames_len = self.anchor_len - self.frame_start
+        if frames_len % self.tokens_per_frame:
             raise ValueError(
-                f"the prompt must end on a frame boundary: anchor_len - frame_start = "
-                f"{self.anchor_len - self.frame_start} is not a multiple of the frame size "
-                f"{self.tokens_per_frame} ({self.rows} rows x {self.cols} cols)"
+                f"the prompt's frames are not whole frames of the {self.rows} x {self.cols} "
+                f"grid: the {frames_len} tokens from the first <racm3:break> (index "
+                f"{self.frame_start}) are not a multiple of its frame size "
+                f"{self.tokens_per_frame} ({frames_len % self.tokens_per_frame} left over)"
             )
 
     @property
@@ -192,3 +196,96 @@ def video_positions(
     h = torch.where(is_cell, origin + hw_stride * row, index)
     w = torch.where(is_cell, origin + hw_stride * col, index)
     return torch.stack([t, h, w])
+
+
+# --- the frame format of a prompt -------------------------------------------------------------
+
+
+def video_prompt_layout(
+    prompt: Sequence[int],
+    rows: int,
+    cols: int,
+    grid_ids: tuple[int, int],
+    tokens: LumosTokenIds = LUMOS_TOKENS,
+) -> FrameLayout:
+    """The layout of a video prompt: text, then zero or more whole frames of the rows x cols grid,
+    each in Lumos-1's format. ValueError naming the check that failed and where.
+
+    grid_ids: the (height, width) grid tokens of a frame of this grid (``maskgit.grid_token_ids``).
+    Checks, in order: the first frame's grid tokens (a frame of another grid), whole frames
+    (``FrameLayout``), then every token of every frame (``check_frame_format``).
+    """
+    prompt = list(prompt)
+    frame_start = find_frame_start(prompt, tokens)
+    given = tuple(prompt[frame_start + 1 : frame_start + NUM_LEADING_MARKERS])
+    if len(given) == 2 and given != tuple(grid_ids):
+        raise ValueError(
+            f"frame 0 (prompt index {frame_start}) is not of this model's {rows} x {cols} grid: "
+            f"its grid tokens (offsets 1, 2) are {list(given)}, expected {list(grid_ids)}"
+        )
+    layout = FrameLayout(frame_start, len(prompt), rows, cols)
+    check_frame_format(prompt, layout, grid_ids, tokens)
+    return layout
+
+
+def check_frame_format(
+    prompt: Sequence[int],
+    layout: FrameLayout,
+    grid_ids: tuple[int, int],
+    tokens: LumosTokenIds = LUMOS_TOKENS,
+) -> None:
+    """Every token of the prompt's frames where Lumos-1's format puts it: ``<racm3:break>``, the
+    two grid tokens, a visual token (id >= ``visual_base``) per cell, ``<newline>`` ending each
+    row, ``<eoss>`` last. ValueError naming the first token that is not: its frame, offset in the
+    frame, prompt index, what was expected and what was there. One pass over the frames."""
+    per_frame = layout.tokens_per_frame
+    frames = torch.tensor(list(prompt[layout.frame_start : layout.anchor_len]), dtype=torch.int64)
+    frames = frames.view(-1, per_frame)  # [frames, F]
+    expected, is_cell = frame_pattern(layout.rows, layout.cols, tuple(grid_ids), tokens)
+    wrong = torch.where(is_cell, frames < tokens.visual_base, frames != expected)
+    if frames.numel() == 0 or not bool(wrong.any()):
+        return
+    frame, offset = divmod(int(wrong.flatten().to(torch.uint8).argmax()), per_frame)
+    index = layout.frame_start + frame * per_frame + offset
+    raise ValueError(
+        f"frame {frame} (prompt index {index}), offset {offset}: expected "
+        f"{expected_token(layout, offset, grid_ids, tokens)}, got {int(frames[frame, offset])}"
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def frame_pattern(
+    rows: int, cols: int, grid_ids: tuple[int, int], tokens: LumosTokenIds
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(expected [F] int64: the layout token at each frame offset, ``visual_base`` at cells;
+    is_cell [F] bool: offsets that hold a visual token). Read only (cached per grid)."""
+    shape = FrameLayout(0, 0, rows, cols)
+    roles = [shape.locate(offset).role for offset in range(shape.tokens_per_frame)]
+    by_role = {
+        TokenRole.BREAK: tokens.frame_break,
+        TokenRole.NEWLINE: tokens.newline,
+        TokenRole.EOSS: tokens.eoss,
+        TokenRole.VISUAL: tokens.visual_base,
+    }
+    ids = [grid_ids[offset - 1] if role == TokenRole.GRID else by_role[role]
+           for offset, role in enumerate(roles)]  # fmt: skip
+    is_cell = [role == TokenRole.VISUAL for role in roles]
+    return torch.tensor(ids, dtype=torch.int64), torch.tensor(is_cell)
+
+
+def expected_token(
+    layout: FrameLayout, offset: int, grid_ids: tuple[int, int], tokens: LumosTokenIds
+) -> str:
+    """What Lumos-1's frame format puts at ``offset`` of a frame, in words."""
+    slot = layout.locate(layout.frame_start + offset)
+    if slot.role == TokenRole.BREAK:
+        return f"<racm3:break> ({tokens.frame_break})"
+    if slot.role == TokenRole.GRID:
+        if offset == 1:
+            return f"the grid-height token {grid_ids[0]} ({layout.rows} rows)"
+        return f"the grid-width token {grid_ids[1]} ({layout.cols} cols)"
+    if slot.role == TokenRole.NEWLINE:
+        return f"<newline> ({tokens.newline}) ending row {slot.row}"
+    if slot.role == TokenRole.EOSS:
+        return f"<eoss> ({tokens.eoss}), the frame's last token"
+    return f"a visual token (id >= {tokens.visual_base}) at row {slot.row}, col {slot.col}"

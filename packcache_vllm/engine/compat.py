@@ -154,6 +154,23 @@ def current_device() -> str:
     return str(current_platform.device_type)
 
 
+def cpu_attention_block_size_need(block_size: int) -> str | None:
+    """None when vLLM's CPU attention backend runs ``block_size``; else the block sizes it runs,
+    in words ("a multiple of 32 (CPU_ATTN)"), from the backend's own list (``[MultipleOf(32)]``,
+    v1/attention/backends/cpu_attn.py ``get_supported_kernel_block_sizes``)."""
+    from vllm.v1.attention.backend import MultipleOf
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    sizes = CPUAttentionBackend.get_supported_kernel_block_sizes()
+    if any(
+        block_size % size.base == 0 if isinstance(size, MultipleOf) else block_size == size
+        for size in sizes
+    ):
+        return None
+    words = [f"a multiple of {s.base}" if isinstance(s, MultipleOf) else str(s) for s in sizes]
+    return f"{' or '.join(words)} ({CPUAttentionBackend.get_name()})"
+
+
 def install_cli_hooks() -> None:
     """Add the PackCache flags to every parser built by ``EngineArgs.add_cli_args`` and carry
     them into the EngineArgs built by ``EngineArgs.from_cli_args``. Idempotent.
@@ -208,9 +225,25 @@ def _expand_after_parsing(parser) -> None:
             parser.error(str(err))
         for field, value in overrides.items():
             setattr(namespace, field, value)
+        if overrides:
+            add_request_guard(namespace)
         return namespace, rest
 
     parser.parse_known_args = parse_known_args_and_expand
+
+
+REQUEST_GUARD = "packcache_vllm.engine.http_guard.BooleanKnobGuard"
+
+
+def add_request_guard(namespace) -> None:
+    """Put ``http_guard.BooleanKnobGuard`` on vLLM's ``--middleware`` list (the OpenAI server's
+    documented ASGI hook, launchers/cli_args.py; serve/middleware/register.py adds each entry
+    with ``app.add_middleware``): the one place that sees a request's raw JSON, where
+    ``vllm_xargs`` booleans are still booleans. A namespace without the field (not the OpenAI
+    server's parser) is left alone."""
+    middleware = getattr(namespace, "middleware", None)
+    if middleware is not None and REQUEST_GUARD not in middleware:
+        namespace.middleware = [*middleware, REQUEST_GUARD]
 
 
 def _with_packcache_overrides(from_cli_args):

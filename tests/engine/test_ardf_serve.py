@@ -103,6 +103,33 @@ def test_bad_knob_is_http_400_and_the_server_keeps_serving(
     assert reply.usage.completion_tokens == per_frame
 
 
+def test_long_text_and_boolean_knobs_are_http_400_in_frame_parallel_mode(
+    ardf_server, tiny_model_dir, per_frame
+):
+    """Text longer than Lumos-1's position codes carry, and a JSON boolean for a sampler knob
+    (vLLM's schema would read it as 1), are refused at the door; the server keeps serving."""
+    import openai
+
+    url, _ = ardf_server
+    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+
+    def ask(prompt: list[int], **knobs):
+        return client.completions.create(
+            model=str(tiny_model_dir),
+            prompt=prompt,
+            max_tokens=per_frame,
+            extra_body={"ignore_eos": True, "vllm_xargs": {"ardf_cfg_scale": 1, **knobs}},
+        )
+
+    long_text = r"at most 4,095 text tokens before the first frame, this prompt has 4,096"
+    with pytest.raises(openai.BadRequestError, match=long_text):
+        ask([300] * 4096)
+    boolean = r"vllm_xargs\['ardf_steps_per_frame'\] must be a number or a name, got the boolean"
+    with pytest.raises(openai.BadRequestError, match=boolean):
+        ask([300] * 8, ardf_steps_per_frame=True)
+    assert ask([300] * 8, ardf_steps_per_frame=2).usage.completion_tokens == per_frame
+
+
 def test_abort_over_http_frees_both_twins_and_caches_stay_bounded(
     ardf_server, tiny_model_dir, video_prompts, per_frame
 ):

@@ -1,9 +1,9 @@
 """`--kv-policy` and the `--packcache-*` knobs on vLLM's real `vllm serve` parser.
 
 In-process tests build the parser the way `vllm serve` does (launchers/cli_args.py
-make_arg_parser). Two subprocesses, started together when this module starts (each pays vLLM's
+make_arg_parser). Three subprocesses, started together when this module starts (each pays vLLM's
 ~8 s import) and collected by the tests that need them: the real `vllm serve` console script with
-a bad knob, and the stock parser with the plugin switched off.
+a bad knob and with a bad block size, and the stock parser with the plugin switched off.
 
 Run as a script (``python test_cli_flag.py '[["x"], ...]'``) it prints the parsed namespace and
 AsyncEngineArgs of each argv as JSON: the stock baseline, with the plugin switched off.
@@ -97,6 +97,10 @@ def launched():
         "bad_window": Launched(
             [str(VENV_BIN / "vllm"), "serve", "x", "--kv-policy", "packcache"]
             + ["--packcache-window", "0"]
+        ),
+        "bad_block_size": Launched(
+            [str(VENV_BIN / "vllm"), "serve", "x", "--kv-policy", "packcache"]
+            + ["--block-size", "48"]
         ),
         "stock": Launched(
             [sys.executable, __file__, json.dumps(STOCK_ARGVS)], env=env_without_packcache_plugin()
@@ -249,6 +253,11 @@ def test_none_and_no_flag_build_identical_engine_args(make_parser):
             ["--kv-policy", "packcache", "--speculative-config", '{"method": "ngram"}'],
             "does not support speculative decoding",
         ),
+        (
+            ["--kv-policy", "packcache", "--block-size", "48"],
+            "error: --block-size 48 (block_size): vLLM's CPU attention backend needs a multiple "
+            "of 32 (CPU_ATTN)",
+        ),
     ],
 )
 def test_bad_flags_fail_at_parse_time(make_parser, capsys, argv, message):
@@ -256,6 +265,19 @@ def test_bad_flags_fail_at_parse_time(make_parser, capsys, argv, message):
         make_parser().parse_args(["x", *argv])
     assert exit_.value.code == 2
     assert message in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_policy_puts_the_request_guard_on_the_servers_middleware(make_parser):
+    """``--kv-policy`` adds the ASGI guard that refuses JSON booleans for knobs (once, after the
+    user's own middleware); the block sizes CPU_ATTN runs parse; no policy adds nothing."""
+    from packcache_vllm.engine import compat
+
+    argv = ["x", "--kv-policy", "packcache", "--block-size", "64", "--middleware", "my.Guard"]
+    namespace = make_parser().parse_args(argv)
+    assert namespace.middleware == ["my.Guard", compat.REQUEST_GUARD]
+    compat.add_request_guard(namespace)
+    assert namespace.middleware == ["my.Guard", compat.REQUEST_GUARD]
+    assert make_parser().parse_args(["x", "--block-size", "48"]).middleware == []
 
 
 def test_hooks_are_installed_once(make_parser):
@@ -331,6 +353,16 @@ def test_serve_rejects_a_bad_knob_before_loading_anything(launched):
     assert (
         "vllm serve: error: argument --packcache-window: must be an integer >= 1 (frames), got 0"
         in err
+    )
+    assert "Traceback" not in err
+
+
+def test_serve_rejects_a_block_size_the_cpu_backend_cannot_run(launched):
+    returncode, _, err = launched["bad_block_size"].result()
+    assert returncode == 2
+    assert (
+        "vllm serve: error: --block-size 48 (block_size): vLLM's CPU attention backend needs a "
+        "multiple of 32 (CPU_ATTN)" in " ".join(err.split())
     )
     assert "Traceback" not in err
 

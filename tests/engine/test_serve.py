@@ -71,10 +71,16 @@ def running_server(model_dir, log_path: Path, *extra_args: str):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+# Longer than Lumos-1's 4,095 text tokens before the first frame, so the limit is the plugin's.
+LONG_MAX_MODEL_LEN = 8192
+
+
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    with running_server(tiny_model_dir, log_path) as url:
+    with running_server(
+        tiny_model_dir, log_path, "--max-model-len", str(LONG_MAX_MODEL_LEN)
+    ) as url:
         yield url
 
 
@@ -87,6 +93,23 @@ def test_text_completion(server, tiny_model_dir):
     )
     assert reply.usage.completion_tokens == 8
     assert isinstance(reply.choices[0].text, str)
+
+
+def test_long_text_before_the_first_frame_is_http_400_without_a_policy(server, tiny_model_dir):
+    """The Lumos-1 model's position codes carry at most 4,095 text tokens before the first frame:
+    a longer prompt is refused at the door even with the policy off, and the server (whose
+    engine would have died computing its positions) keeps serving."""
+    from openai import BadRequestError, OpenAI
+
+    client = OpenAI(base_url=server, api_key="unused", max_retries=0)
+    model = str(tiny_model_dir)
+    with pytest.raises(BadRequestError, match=r"at most 4,095 text tokens before the first "
+                                              r"frame, this prompt has 4,096"):  # fmt: skip
+        client.completions.create(model=model, prompt=[300] * 4096, max_tokens=8)
+    reply = client.completions.create(
+        model=model, prompt=[300] * 8, max_tokens=8, extra_body={"ignore_eos": True}
+    )
+    assert reply.usage.completion_tokens == 8
 
 
 def scrape_metrics(base_url: str) -> dict[str, list[tuple[dict[str, str], float]]]:

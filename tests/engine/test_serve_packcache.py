@@ -8,7 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from packcache_vllm.core.budget import PackCacheConfig
-from tests.engine.test_serve import running_server, scrape_metrics, video_tokens
+from packcache_vllm.core.layout import LUMOS_TOKENS
+from tests.engine.test_serve import (
+    LONG_MAX_MODEL_LEN,
+    running_server,
+    scrape_metrics,
+    video_tokens,
+)
 
 pytestmark = pytest.mark.server
 
@@ -19,7 +25,8 @@ WINDOW, MIN_KEEP, FRAMES = 3, 0.25, 7
 def packcache_server(tiny_model_dir, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("serve-packcache") / "serve.log"
     flags = ("--kv-policy", "packcache", "--packcache-window", str(WINDOW),
-             "--packcache-min-keep", str(MIN_KEEP))  # fmt: skip
+             "--packcache-min-keep", str(MIN_KEEP),
+             "--max-model-len", str(LONG_MAX_MODEL_LEN))  # fmt: skip
     with running_server(tiny_model_dir, log_path, *flags) as url:
         yield url, log_path
 
@@ -93,6 +100,38 @@ def test_bad_requests_get_http_400_and_the_server_keeps_serving(
         extra_body={"vllm_xargs": {"packcache_window": 2}},
     )
     assert reply.usage.completion_tokens == 8
+
+
+def test_door_limits_are_http_400_naming_the_check_and_the_server_keeps_serving(
+    packcache_server, tiny_model_dir, video_prompts, per_frame
+):
+    """Text longer than the position codes carry (the engine would die computing its
+    positions), a JSON boolean for a knob (vLLM's schema would read it as 1), a frame of the
+    right length with a misplaced token: each a 400 saying which check failed and where."""
+    import openai
+
+    url, _ = packcache_server
+    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+
+    def ask(prompt: list[int], **xargs):
+        extra_body = {"ignore_eos": True, "vllm_xargs": xargs}
+        return client.completions.create(
+            model=str(tiny_model_dir), prompt=prompt, max_tokens=per_frame, extra_body=extra_body
+        )
+
+    long_text = r"at most 4,095 text tokens before the first frame, this prompt has 4,096"
+    with pytest.raises(openai.BadRequestError, match=long_text):
+        ask([300] * 4096)
+    boolean = r"vllm_xargs\['packcache_window'\] must be a number or a name, got the boolean true"
+    with pytest.raises(openai.BadRequestError, match=boolean):
+        ask(video_prompts[0], packcache_window=True)
+    misplaced = list(video_prompts[0])
+    newline = misplaced.index(LUMOS_TOKENS.newline)  # row 0's, in the conditioning frame
+    misplaced[newline] = LUMOS_TOKENS.visual_base
+    with pytest.raises(openai.BadRequestError, match=r"frame 0 .*expected <newline> \(8803\) "
+                                                     r"ending row 0, got 65536"):  # fmt: skip
+        ask(misplaced)
+    assert ask(video_prompts[1], packcache_window=2).usage.completion_tokens == per_frame
 
 
 def test_key_norm_request_over_http_matches_reference(

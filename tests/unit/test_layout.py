@@ -102,7 +102,7 @@ def test_video_positions_per_request_frame_start():
 
 
 def test_layout_validation():
-    with pytest.raises(ValueError, match="must end on a frame boundary"):
+    with pytest.raises(ValueError, match="not whole frames of the 2 x 3 grid"):
         FrameLayout(frame_start=5, anchor_len=5 + 7, rows=2, cols=3)
     with pytest.raises(ValueError, match="anchor_len .* must be >= frame_start"):
         FrameLayout(frame_start=5, anchor_len=4, rows=2, cols=3)
