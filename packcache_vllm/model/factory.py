@@ -7,7 +7,8 @@ writes, in about a second:
 * ``config.json``: a Lumos-1 config (``model_type: chameleon``, architecture
   ``ChameleonXLLMXForConditionalGeneration``, sorted keys) plus three keys of our own that a real
   checkpoint lacks: ``video_rows`` / ``video_cols`` (the frame grid; the model defaults to 48 x 84)
-  and ``codebook_size`` (visual codes after id 65536).
+  and ``codebook_size`` (visual codes after id 65536); with ``--codec`` also the video keys of
+  ``codec/spec.py`` (and for ``emu3-vq`` a tiny random Emu3 VQ-VAE in ``vq/``).
 * ``model.safetensors``: exactly Lumos-1's keys and shapes (lumos-checkpoint-format.md), QK-norm
   weights and biases ``[model_parallel_size, head_dim]``; seeded, so byte-identical per seed.
 * a small byte-level tokenizer made in code: ids 0-3 ``<s> <pad> </s> <unk>``, 4..259 the 256 bytes,
@@ -132,8 +133,13 @@ def build_tiny_lumos(
     dtype: torch.dtype = torch.bfloat16,
     swin_norm: bool = False,
     model_parallel_size: int = 1,
+    codec: str | None = None,
 ) -> Path:
-    """Write config.json, model.safetensors and a tokenizer to ``out_dir``; return its path."""
+    """Write config.json, model.safetensors and a tokenizer to ``out_dir``; return its path.
+
+    codec: None (a Lumos-1 config, no codec keys), ``"palette"`` (the synthetic scenes' keys,
+    ``codec.spec.palette_checkpoint_keys``; needs codebook_size 16) or ``"emu3-vq"`` (a tiny
+    random ``Emu3VQVAE`` of the same codebook, seeded, saved to ``out_dir/vq``)."""
     spec = TinyLumosSpec(
         hidden_size=hidden_size,
         num_attention_heads=num_attention_heads,
@@ -148,12 +154,30 @@ def build_tiny_lumos(
         model_parallel_size=model_parallel_size,
     )
     out = Path(out_dir)
+    codec_keys = {} if codec is None else write_codec(out, codec, spec.codebook_size, seed)
     out.mkdir(parents=True, exist_ok=True)
-    config_text = json.dumps(lumos_config(spec), indent=2, sort_keys=True) + "\n"
+    config = {**lumos_config(spec), **codec_keys}
+    config_text = json.dumps(config, indent=2, sort_keys=True) + "\n"
     (out / "config.json").write_text(config_text)
     save_file(make_weights(spec, seed), str(out / "model.safetensors"), metadata={"format": "pt"})
     make_tokenizer(spec.codebook_size).save_pretrained(str(out))
     return out
+
+
+def write_codec(out: Path, codec: str, codebook_size: int, seed: int) -> dict:
+    """Write what the codec needs into ``out``; its config.json keys (``codec.spec``)."""
+    from packcache_vllm.codec import spec as codec_spec
+    from packcache_vllm.video.palette import PALETTE_SIZE
+
+    if codec == codec_spec.PALETTE:
+        codec_spec.check_codebook(out, PALETTE_SIZE, codebook_size, "the palette")
+        return codec_spec.palette_checkpoint_keys()
+    if codec == codec_spec.EMU3_VQ:
+        from packcache_vllm.codec.emu3_vq import tiny_emu3_vq
+
+        tiny_emu3_vq(codebook_size=codebook_size, seed=seed).save_pretrained(str(out / "vq"))
+        return codec_spec.emu3_checkpoint_keys("vq")
+    raise ValueError(f"codec must be one of {codec_spec.CODEC_KINDS} or None, got {codec!r}")
 
 
 def lumos_config(spec: TinyLumosSpec) -> dict:
@@ -383,6 +407,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--dtype", choices=sorted(SUPPORTED_DTYPES.values()), default="bfloat16")
     parser.add_argument("--swin-norm", action="store_true", help="Chameleon's swin-norm layers")
+    parser.add_argument(
+        "--codec",
+        choices=("palette", "emu3-vq"),
+        help="write a visual codec: the scenes' palette (needs --codebook-size 16) or a tiny "
+        "random Emu3 VQ in OUT_DIR/vq (default: none, like a Lumos-1 checkpoint)",
+    )
     return parser.parse_args(argv)
 
 
@@ -402,6 +432,7 @@ def main(argv: list[str] | None = None) -> None:
         video_cols=args.cols,
         dtype=dtype,
         swin_norm=args.swin_norm,
+        codec=args.codec,
     )
     config = json.loads((out / "config.json").read_text())
     print(

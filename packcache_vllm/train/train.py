@@ -53,6 +53,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from packcache_vllm.codec.spec import palette_checkpoint_keys
 from packcache_vllm.model.factory import TinyLumosSpec
 from packcache_vllm.train.ardf import ARDFConfig, ardf_batch, ardf_loss
 from packcache_vllm.train.data import Batch, ClipSpec, make_batch, video_active_vocab
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     parts: dict[str, list[float]] = {}
     model, losses, seconds = train(config, parts=parts)
-    out = model.save_pretrained(args.out)
+    out = model.save_pretrained(args.out, extra_config=palette_checkpoint_keys())
     record = {
         "config": asdict(config),
         "wall_s": round(seconds, 1),
