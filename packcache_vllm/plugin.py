@@ -29,6 +29,7 @@ def register() -> None:
     compat.register_config_hook(LUMOS_ARCHITECTURE, LumosConfigHook)
     compat.install_cli_hooks()  # --kv-policy and --packcache-* on `vllm serve`
     compat.install_request_checks()  # bad per-request overrides / prompts: HTTP 400
+    compat.install_shutdown_aborts()  # SIGTERM: in-flight clients get a terminal response
     metrics.register_collector(metrics.ensure_metrics_dir())  # packcache:* on /metrics
     _registered = True
     logger.debug("packcache_vllm registered %s", LUMOS_ARCHITECTURE)

@@ -23,6 +23,10 @@ Which of the two a step is, and what the canvas holds, is the runner's business
   it, counted in its admission, its canvas scheduled in the same step (the pair's 2F tokens fit
   the step's budget or neither is scheduled), finished and aborted with it, and kept out of the
   engine's outputs.
+
+A request whose twin cannot be made, or whose canvas cannot be paired, fails alone (with its twin,
+if it has one), as a failure of any part of a pair's PackCache work fails the pair
+(``PackCacheScheduler.fail_requests``).
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from __future__ import annotations
 from vllm.v1.request import RequestStatus
 
 from packcache_vllm.core.layout import LUMOS_TOKENS, tokens_per_frame
-from packcache_vllm.engine import twins
+from packcache_vllm.engine import compat, faults, twins
 from packcache_vllm.engine.ardf_requests import ardf_params_of
 from packcache_vllm.engine.scheduler import PackCacheScheduler
 from packcache_vllm.reference_ardf import unconditional_prompt
+
+logger = compat.vllm_logger(__name__)
 
 
 class ARDFScheduler(PackCacheScheduler):
@@ -50,10 +56,23 @@ class ARDFScheduler(PackCacheScheduler):
         super().add_request(request)
         if twins.is_twin(request.request_id):
             return
+        try:
+            self.add_twin(request)
+        except Exception as err:
+            logger.exception("packcache: no twin for request %s", request.request_id)
+            self.fail_requests({request.request_id: faults.failure_cause(err)})
+
+    def add_twin(self, request) -> None:
+        """The request's unconditional twin, when it asks for guidance."""
         if ardf_params_of(request.sampling_params).cfg_scale != 1:
+            faults.inject("twin", request.request_id, request.sampling_params)
             twin = twins.make_twin(request, unconditional_prompt(request.prompt_token_ids))
             self.twin_of[request.request_id] = twin.request_id
             super().add_request(twin)
+
+    def fail_requests(self, failures: dict[str, str]) -> None:
+        """A failed twin fails its conditioned request (and so itself, ``finish_requests``)."""
+        super().fail_requests({twins.conditioned_id(r): cause for r, cause in failures.items()})
 
     def partner_of(self, request_id: str) -> str | None:
         """The other member of the request's guidance pair (None without guidance)."""
@@ -99,16 +118,28 @@ class ARDFScheduler(PackCacheScheduler):
         self.step_tokens, self.step_canvases = 0, set()
         self.running[:] = pairs_adjacent(self.running, self.twin_of)
         ready = {r.request_id for r in self.running if self.canvas_ready(r)}
+        failures = {}
         for request in self.running:
             if request.request_id not in ready:
                 continue
-            partner = self.partner_of(request.request_id)
-            paired = partner is None or partner in ready
-            request.spec_token_ids = [LUMOS_TOKENS.mask] * self.tokens_per_frame if paired else []
+            try:
+                request.spec_token_ids = self.canvas_placeholders(request, ready)
+            except Exception as err:
+                logger.exception("packcache: pairing failed for request %s", request.request_id)
+                failures[request.request_id] = faults.failure_cause(err)
+        if failures:  # before vLLM schedules: the pair is not scheduled
+            self.fail_requests(failures)
         output = super().schedule(*args, **kwargs)
         self.check_whole_canvases(output)
         self.check_paired_canvases(output)
         return output
+
+    def canvas_placeholders(self, request, ready: set[str]) -> list[int]:
+        """A canvas for a ready request whose partner (if any) is ready too, else nothing."""
+        faults.inject("pairing", request.request_id, request.sampling_params)
+        partner = self.partner_of(request.request_id)
+        paired = partner is None or partner in ready
+        return [LUMOS_TOKENS.mask] * self.tokens_per_frame if paired else []
 
     @staticmethod
     def canvas_ready(request) -> bool:

@@ -38,6 +38,54 @@ def plans_of(scheduler_output) -> dict:
     return getattr(scheduler_output, PLANS_ATTRIBUTE, None) or {}
 
 
+FAILURES_ATTRIBUTE = "packcache_failures"
+
+
+def with_failures(model_runner_output, failures: dict[str, str]):
+    """The worker's step output carrying ``failures`` (request id -> cause) to the scheduler.
+
+    ModelRunnerOutput is a plain dataclass pickled back to the engine core (or handed over in one
+    process); an extra attribute travels, on a copy (vLLM returns a shared empty output when
+    nothing was scheduled)."""
+    import copy
+
+    from vllm.v1.outputs import ModelRunnerOutput
+
+    if not isinstance(model_runner_output, ModelRunnerOutput):
+        raise TypeError(
+            f"PackCache reports request failures on a ModelRunnerOutput, the runner returned "
+            f"{type(model_runner_output).__name__} (async scheduling must be off)"
+        )
+    output = copy.copy(model_runner_output)
+    setattr(output, FAILURES_ATTRIBUTE, failures)
+    return output
+
+
+def failures_of(model_runner_output) -> dict[str, str]:
+    return getattr(model_runner_output, FAILURES_ATTRIBUTE, None) or {}
+
+
+def add_error_outputs(outputs: dict, requests) -> None:
+    """Tell each finished ``requests``' client that it ended with an error: one
+    ``EngineCoreOutput`` with its finish reason (vLLM's ``FinishReason.ERROR`` for
+    ``RequestStatus.FINISHED_ERROR``; the OpenAI server answers it with HTTP 500), added to
+    ``outputs`` (client index -> EngineCoreOutputs, what ``Scheduler.update_from_output``
+    returns)."""
+    from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs
+
+    for request in requests:
+        error = EngineCoreOutput(
+            request_id=request.request_id,
+            new_token_ids=[],
+            finish_reason=request.get_finished_reason(),
+            events=request.take_events(),
+            trace_headers=request.trace_headers,
+        )
+        outputs.setdefault(request.client_index, EngineCoreOutputs(outputs=[])).outputs.append(
+            error
+        )
+
+
 def full_attention_manager(kv_cache_manager):
     """The single full-attention block manager of a one-group model (Lumos-1)."""
     managers = kv_cache_manager.coordinator.single_type_managers
@@ -309,3 +357,50 @@ def install_request_checks() -> None:
 
     setattr(process_and_check_inputs, REQUEST_CHECK_MARK, True)
     InputProcessor.process_inputs = process_and_check_inputs
+
+
+# --- shutdown: every in-flight request gets a terminal response -----------------------------
+
+SHUTDOWN_ABORT_MARK = "_packcache_shutdown_aborts"
+
+
+def install_shutdown_aborts() -> None:
+    """On shutdown, finish every request still in flight in the API server as aborted, so each
+    client gets a terminal response (``finish_reason: "abort"``, then ``[DONE]`` when streamed).
+
+    vLLM 0.32's default ``--shutdown-timeout 0`` sends the engine core SIGTERM and SIGKILL at
+    once (v1/utils.py ``shutdown``), then cancels the API server's output handler. The engine's
+    own abort outputs reach the clients only if it gets to them in between: with synchronous
+    scheduling (the plugin's) it is inside a step and never does, and the requests' generators
+    wait forever while uvicorn waits for their connections. Wraps ``AsyncLLM.shutdown``; after
+    vLLM's own shutdown, ``OutputProcessor.abort_requests`` (what ``AsyncLLM.abort`` uses) runs
+    on the output handler's event loop for whatever is still unfinished. A no-op without a
+    policy."""
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    if getattr(AsyncLLM.shutdown, SHUTDOWN_ABORT_MARK, False):
+        return
+    shutdown = AsyncLLM.shutdown
+
+    @functools.wraps(shutdown)
+    def shutdown_and_abort_in_flight(self, *args, **kwargs):
+        from packcache_vllm.engine.requests import engine_policy
+
+        handler = getattr(self, "output_handler", None)
+        shutdown(self, *args, **kwargs)
+        if handler is None or engine_policy(self.vllm_config) is None:
+            return
+        from vllm.utils.async_utils import run_in_loop
+
+        run_in_loop(handler.get_loop(), abort_in_flight, self.output_processor)
+
+    setattr(shutdown_and_abort_in_flight, SHUTDOWN_ABORT_MARK, True)
+    AsyncLLM.shutdown = shutdown_and_abort_in_flight
+
+
+def abort_in_flight(output_processor) -> None:
+    """Finish every unfinished request of an ``OutputProcessor`` with ``FinishReason.ABORT``."""
+    in_flight = list(output_processor.request_states)
+    if in_flight:
+        vllm_logger().info("[shutdown] packcache: %d in-flight request(s) aborted", len(in_flight))
+        output_processor.abort_requests(in_flight, internal=True)

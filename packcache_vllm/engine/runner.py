@@ -16,6 +16,10 @@ Per step, before vLLM's own ``execute_model``:
 
 Anchor keys are re-rotated from a pristine copy taken before their first rotation, so repeated
 rebases never accumulate rounding error (no drift in bf16).
+
+A request whose PackCache work raises here (its position codes, sorts, moves, re-rotation) fails
+alone: the step runs on for the whole batch, and the step's output names the request
+(``compat.with_failures``) for the scheduler to finish it with an error.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ import torch
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 
 from packcache_vllm.core.select import key_layer, make_selector
-from packcache_vllm.engine import compat
+from packcache_vllm.engine import compat, faults
 from packcache_vllm.engine.kv_access import KVAccess, kv_access_for
 from packcache_vllm.engine.kv_layout import PageLayout, learn_page_layout
 from packcache_vllm.engine.plans import FramesToOrder, WorkerPlan, global_slots
 from packcache_vllm.model.config_hook import frame_grid
+
+logger = compat.vllm_logger(__name__)
 
 
 class PackCacheRunnerMixin:
@@ -41,6 +47,7 @@ class PackCacheRunnerMixin:
         self.pristine_anchor_keys: dict[str, list[torch.Tensor]] = {}
         self.page_layout: PageLayout | None = None
         self.kv_access: KVAccess | None = None
+        self.failed_requests: dict[str, str] = {}  # this step's, request id -> cause
 
     def initialize_kv_cache(self, kv_cache_config, *args, **kwargs) -> None:
         super().initialize_kv_cache(kv_cache_config, *args, **kwargs)
@@ -63,7 +70,37 @@ class PackCacheRunnerMixin:
         self.forget_finished(scheduler_output)
         for request_id, plan in compat.plans_of(scheduler_output).items():
             self.apply_plan(request_id, plan)
-        return super().execute_model(scheduler_output, *args, **kwargs)
+        return self.report_failures(super().execute_model(scheduler_output, *args, **kwargs))
+
+    def sample_tokens(self, *args, **kwargs):
+        return self.report_failures(super().sample_tokens(*args, **kwargs))
+
+    # --- failure isolation ------------------------------------------------------------------
+    def fail_request(self, request_id: str, err: Exception) -> None:
+        """Record that the plugin's work for one request raised: the request stays in this step's
+        batch (its forward reads and writes only its own blocks, whatever they hold) and the
+        scheduler finishes it with an error when the step's output reaches it."""
+        logger.exception("packcache: request %s failed on the worker", request_id, exc_info=err)
+        self.failed_requests[request_id] = faults.failure_cause(err)
+
+    def report_failures(self, output):
+        """The step's output (None: it comes from ``sample_tokens``) with the failures so far."""
+        if output is None or not self.failed_requests:
+            return output
+        failures, self.failed_requests = self.failed_requests, {}
+        return compat.with_failures(output, failures)
+
+    def _init_mrope_positions(self, req_state) -> None:
+        """vLLM's per-request M-RoPE set-up (the model's position codes for the prompt), guarded:
+        on failure the request gets plain positions, so the batched forward runs, and fails."""
+        try:
+            faults.inject("positions", req_state.req_id, req_state.sampling_params)
+            super()._init_mrope_positions(req_state)
+        except Exception as err:
+            self.fail_request(req_state.req_id, err)
+            plain = torch.arange(len(req_state.prompt_token_ids or ()), dtype=torch.int64)
+            req_state.mrope_positions = plain.expand(3, -1).clone()  # [3, L]
+            req_state.mrope_position_delta = 0
 
     def forget_finished(self, scheduler_output) -> None:
         resumed = scheduler_output.scheduled_cached_reqs.resumed_req_ids
@@ -73,16 +110,33 @@ class PackCacheRunnerMixin:
             self.pristine_anchor_keys.pop(request_id, None)
 
     def apply_plan(self, request_id: str, plan: WorkerPlan) -> None:
+        """Rewrite the request's KV, then use its packed block list. If the rewrite raises, the
+        request fails alone: everything it touched lies in the request's own blocks, and the
+        packed list is used anyway, so that this step's writes for it stay in blocks it keeps
+        (the scheduler freed the rest and may have handed them on in this step)."""
+        try:
+            self.rewrite_kv(request_id, plan)
+        except Exception as err:
+            self.fail_request(request_id, err)
+        self.use_packed_blocks(request_id, plan)
+
+    def rewrite_kv(self, request_id: str, plan: WorkerPlan) -> None:
         device = self.kv_access.device
+        sampling_params = self.requests[request_id].sampling_params
         if plan.frames_to_order is not None:
+            faults.inject("sorts", request_id, sampling_params)
             self.order_frames_by_keys(plan.frames_to_order)
+        faults.inject("moves", request_id, sampling_params)
         self.kv_access.move(
             self.kv_caches,
             torch.tensor(plan.src_slots, dtype=torch.int64, device=device),
             torch.tensor(plan.dst_slots, dtype=torch.int64, device=device),
         )
         if plan.dropped_frames != self.dropped_frames.get(request_id, 0):
+            faults.inject("rerotation", request_id, sampling_params)
             self.rebase_anchor_keys(request_id, plan)
+
+    def use_packed_blocks(self, request_id: str, plan: WorkerPlan) -> None:
         block_ids = list(plan.block_ids)
         self.requests[request_id].block_ids[0][:] = block_ids
         row = self.input_batch.req_id_to_index.get(request_id)

@@ -10,6 +10,11 @@ the packed length and the freed blocks go back to the pool *in this step* (so th
 allocations can use them); the plan travels to the workers with the SchedulerOutput. Block
 allocation counts physical tokens (logical - E), so a request never holds more than
 ceil((anchors + W*F + F) / block_size) blocks.
+
+A request whose PackCache work raises (planning here, or the worker's part, reported on the step's
+output) fails alone: it is finished with ``RequestStatus.FINISHED_ERROR`` (its client gets vLLM's
+error finish reason, an HTTP 500 from the OpenAI server), its blocks return to the pool, and the
+engine keeps serving the others.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 
 from vllm.utils.math_utils import cdiv
 from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.request import RequestStatus
 
 from packcache_vllm.cli import NO_POLICY, packcache_config_from
 from packcache_vllm.core.budget import PackCacheConfig
@@ -29,7 +35,7 @@ from packcache_vllm.core.plan import (
     num_new_complete_frames,
 )
 from packcache_vllm.core.select import Selector, make_selector
-from packcache_vllm.engine import compat
+from packcache_vllm.engine import compat, faults
 from packcache_vllm.engine.plans import FramesToOrder, WorkerPlan, global_slots
 from packcache_vllm.engine.requests import bound_tokens, request_policy, video_layout
 from packcache_vllm.metrics import (
@@ -74,6 +80,7 @@ class PackCacheScheduler(Scheduler):
         self.preempted_this_step: set[str] = set()
         self.block_manager = compat.full_attention_manager(self.kv_cache_manager)
         self.preempted_requests: list[str] = []  # every preemption, in order
+        self.failed_requests: list = []  # finished with an error, their clients not told yet
         compat.count_physical_tokens(
             self.block_manager, self.evicted_tokens_of, lambda rid: self.admission_blocks_of(rid)
         )
@@ -126,18 +133,56 @@ class PackCacheScheduler(Scheduler):
         snapshot = EngineSnapshot(self.publisher.engine, self.counters, requests)
         self.publisher.publish(snapshot, force=force)
 
+    def update_from_output(self, scheduler_output, model_runner_output):
+        failures = compat.failures_of(model_runner_output)
+        if failures:  # finished first, so that vLLM drops what the step computed for them
+            self.fail_requests(failures)
+        outputs = super().update_from_output(scheduler_output, model_runner_output)
+        if self.failed_requests:
+            compat.add_error_outputs(outputs, self.failed_requests)
+            self.failed_requests = []
+        return outputs
+
+    def fail_requests(self, failures: dict[str, str]) -> None:
+        """Finish requests whose PackCache work raised (request id -> cause) with an error; their
+        clients are told in the next ``update_from_output``."""
+        for request_id, cause in failures.items():
+            logger.error(
+                "packcache: request %s failed (%s); it finishes with an error, its blocks return "
+                "to the pool, the engine serves the others",
+                request_id,
+                cause,
+            )
+        self.failed_requests += self.finish_requests(failures, RequestStatus.FINISHED_ERROR)
+
     def compact_completed_frames(self) -> dict[str, WorkerPlan]:
-        plans = {}
+        plans, failures = {}, {}
         for request in self.running:
             if request.num_computed_tokens < request.num_prompt_tokens:
                 continue  # still prefilling its prompt: no generated frame yet
-            kv = self.kv_of(request)
-            if not kv.config.is_bounded:
-                continue  # the full cache: nothing is ever evicted
-            logical_len = request.num_computed_tokens
-            if num_new_complete_frames(kv.state, logical_len, kv.layout.tokens_per_frame):
-                plans[request.request_id] = self.compact(request.request_id, kv, logical_len)
+            try:
+                plan = self.plan_compaction(request)
+            except Exception as err:
+                logger.exception("packcache: planning failed for request %s", request.request_id)
+                failures[request.request_id] = faults.failure_cause(err)
+                continue
+            if plan is not None:
+                plans[request.request_id] = plan
+        if failures:  # before vLLM schedules: a failed request is not scheduled
+            self.fail_requests(failures)
+            plans = {r: plan for r, plan in plans.items() if r in self.requests}
         return plans
+
+    def plan_compaction(self, request) -> WorkerPlan | None:
+        """The request's plan, when frames completed since the last one (else None)."""
+        kv = self.kv_of(request)
+        if not kv.config.is_bounded:
+            return None  # the full cache: nothing is ever evicted
+        logical_len = request.num_computed_tokens
+        if not num_new_complete_frames(kv.state, logical_len, kv.layout.tokens_per_frame):
+            return None
+        faults.inject("planning", request.request_id, request.sampling_params)
+        return self.compact(request.request_id, kv, logical_len)
 
     def compact(self, request_id: str, kv: RequestKV, logical_len: int) -> WorkerPlan:
         blocks = self.block_manager.req_to_blocks[request_id]
