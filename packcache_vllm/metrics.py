@@ -8,14 +8,27 @@ scrape time. A file is the simplest channel that works the same in one-process m
 path carries only its fixed ``SchedulerStats`` fields from the engine core to the API server.
 
 Exported (``engine`` label = the data-parallel rank, summed over engines of that rank):
-    packcache:compactions_total        frame completions that re-packed a request's cache
+    packcache:frames_completed_total   generated frames completed in a cache (each a point where
+                                       the policy runs)
+    packcache:compactions_total        those after which the cache was re-packed (tokens evicted
+                                       or moved); the fill phase's frames are not
     packcache:evicted_tokens_total     tokens removed from caches (all requests, ever)
     packcache:blocks_freed_total       KV blocks returned to vLLM's pool by compaction
     packcache:moved_tokens_total       token slots copied while packing or key-sorting (per layer)
     packcache:dropped_frames_total     generated frames that left a cache entirely
     packcache:preemptions_total        packcache requests preempted (they restart unpacked)
-    packcache:request_physical_tokens  per running request: tokens its cache holds now
-    packcache:request_evicted_tokens   per running request: tokens evicted from it so far
+    packcache:max_request_physical_tokens  gauge: the most tokens any running request's cache
+                                       has held (0 when none runs)
+    packcache:request_peak_physical_tokens  histogram over finished caches: the most tokens
+                                       each held
+    packcache:request_evicted_tokens   histogram over finished caches: tokens evicted from each
+
+The two histograms have a ``cache`` label: ``request``, or ``cfg_twin`` for the hidden
+unconditional twin of a guided frame-parallel request (its own cache, in the same pool). Each
+cache is observed once, when it finishes (or is aborted), so a histogram's count is the number of
+finished caches whatever the scrape or publish rate; per-request labels would grow without bound.
+Buckets: powers of two from 256 tokens (less than a frame of a small grid) to 524,288 (a
+request's position limit), so a bucket boundary lies within 2x of any video's footprint.
 
 ``register()`` (plugin.py) makes the directory in the first vLLM process (children inherit the
 variable) and registers the collector in every process (only the API server serves it). With
@@ -27,6 +40,7 @@ not include this collector.
 from __future__ import annotations
 
 import atexit
+import bisect
 import itertools
 import json
 import os
@@ -39,7 +53,11 @@ from pathlib import Path
 METRICS_DIR_ENV = "PACKCACHE_METRICS_DIR"
 METRIC_PREFIX = "packcache:"
 COUNTER_HELP = {
-    "compactions": "Frame completions that re-packed a request's KV cache.",
+    "frames_completed": "Generated frames completed in a request's KV cache.",
+    "compactions": (
+        "Frame completions after which a request's KV cache was re-packed (tokens evicted or "
+        "moved)."
+    ),
     "evicted_tokens": "Tokens evicted from KV caches by the PackCache policy.",
     "blocks_freed": "KV blocks returned to vLLM's block pool by compaction.",
     "moved_tokens": (
@@ -48,6 +66,13 @@ COUNTER_HELP = {
     "dropped_frames": "Generated frames that left a request's cache entirely.",
     "preemptions": "PackCache requests preempted (they restart with an unpacked cache).",
 }
+HISTOGRAM_HELP = {
+    "request_peak_physical_tokens": "Per finished KV cache: the most tokens it held at once.",
+    "request_evicted_tokens": "Per finished KV cache: the tokens evicted from it.",
+}
+MAX_PHYSICAL_HELP = "The most tokens any running request's KV cache has held (0 when none runs)."
+TOKEN_BUCKETS = tuple(2**k for k in range(8, 20))  # 256 .. 524,288 tokens
+REQUEST_CACHE, TWIN_CACHE = "request", "cfg_twin"  # the histograms' ``cache`` label
 _snapshot_names = itertools.count()
 
 
@@ -55,6 +80,7 @@ _snapshot_names = itertools.count()
 class EngineCounters:
     """Running totals of one engine's scheduler (mutable: they grow every compaction)."""
 
+    frames_completed: int = 0
     compactions: int = 0
     evicted_tokens: int = 0
     blocks_freed: int = 0
@@ -62,27 +88,65 @@ class EngineCounters:
     dropped_frames: int = 0
     preemptions: int = 0
 
-    def add_compaction(self, *, evicted: int, freed: int, moved: int, dropped: int) -> None:
-        self.compactions += 1
+    def add_compaction(
+        self, *, frames: int, evicted: int, freed: int, moved: int, dropped: int
+    ) -> None:
+        """One request's frames completing (``frames`` of them) and what the policy did then."""
+        self.frames_completed += frames
+        self.compactions += bool(evicted or moved)
         self.evicted_tokens += evicted
         self.blocks_freed += freed
         self.moved_tokens += moved
         self.dropped_frames += dropped
 
 
-@dataclass(frozen=True)
-class RequestKVStats:
-    physical_tokens: int
-    evicted_tokens: int
+@dataclass
+class TokenHistogram:
+    """Observations of one per-cache quantity in ``TOKEN_BUCKETS`` (mutable)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(TOKEN_BUCKETS) + 1))
+    total: int = 0  # the sum of the observations
+
+    def observe(self, tokens: int) -> None:
+        self.counts[bisect.bisect_left(TOKEN_BUCKETS, tokens)] += 1  # the last one is +Inf
+        self.total += tokens
+
+    def add(self, other: TokenHistogram) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.total += other.total
+
+    def cumulative_buckets(self) -> list[tuple[str, int]]:
+        """Prometheus' ``le`` buckets: (upper bound, observations at most that)."""
+        bounds = [str(float(b)) for b in TOKEN_BUCKETS] + ["+Inf"]
+        return list(zip(bounds, itertools.accumulate(self.counts), strict=True))
+
+
+@dataclass
+class FinishedCaches:
+    """Histograms of finished caches, per histogram name and ``cache`` kind (mutable)."""
+
+    histograms: dict[str, dict[str, TokenHistogram]] = field(
+        default_factory=lambda: {name: {} for name in HISTOGRAM_HELP}
+    )
+
+    def observe(self, cache: str, *, peak_physical_tokens: int, evicted_tokens: int) -> None:
+        values = {
+            "request_peak_physical_tokens": peak_physical_tokens,
+            "request_evicted_tokens": evicted_tokens,
+        }
+        for name, value in values.items():
+            self.histograms[name].setdefault(cache, TokenHistogram()).observe(value)
 
 
 @dataclass(frozen=True)
 class EngineSnapshot:
-    """What one engine publishes: its totals and its running requests."""
+    """What one engine publishes: its totals, its finished caches, and the most tokens a running
+    request's cache has held."""
 
     engine: str
     counters: EngineCounters
-    requests: dict[str, RequestKVStats] = field(default_factory=dict)
+    finished: FinishedCaches = field(default_factory=FinishedCaches)
+    max_request_physical_tokens: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -90,10 +154,15 @@ class EngineSnapshot:
     @classmethod
     def from_json(cls, text: str) -> EngineSnapshot:
         raw = json.loads(text)
+        histograms = {
+            name: {cache: TokenHistogram(**h) for cache, h in by_cache.items()}
+            for name, by_cache in raw["finished"]["histograms"].items()
+        }
         return cls(
             engine=raw["engine"],
             counters=EngineCounters(**raw["counters"]),
-            requests={rid: RequestKVStats(**stats) for rid, stats in raw["requests"].items()},
+            finished=FinishedCaches(histograms),
+            max_request_physical_tokens=raw["max_request_physical_tokens"],
         )
 
 
@@ -193,16 +262,13 @@ class PackCacheCollector:
             for engine, value in _sum_by_engine(snapshots, name).items():
                 family.add_metric([engine], value)
             yield family
-        for stat in ("physical_tokens", "evicted_tokens"):
-            family = GaugeMetricFamily(
-                f"{METRIC_PREFIX}request_{stat}",
-                f"Per running request: {stat.replace('_', ' ')} of its KV cache.",
-                labels=["engine", "request_id"],
-            )
-            for snapshot in snapshots:
-                for request_id, stats in snapshot.requests.items():
-                    family.add_metric([snapshot.engine, request_id], getattr(stats, stat))
-            yield family
+        family = GaugeMetricFamily(
+            METRIC_PREFIX + "max_request_physical_tokens", MAX_PHYSICAL_HELP, labels=["engine"]
+        )
+        for engine, value in _max_physical_by_engine(snapshots).items():
+            family.add_metric([engine], value)
+        yield family
+        yield from _histogram_families(snapshots)
 
 
 def _sum_by_engine(snapshots: list[EngineSnapshot], counter: str) -> dict[str, int]:
@@ -210,6 +276,28 @@ def _sum_by_engine(snapshots: list[EngineSnapshot], counter: str) -> dict[str, i
     for snapshot in snapshots:
         sums[snapshot.engine] = sums.get(snapshot.engine, 0) + getattr(snapshot.counters, counter)
     return sums
+
+
+def _max_physical_by_engine(snapshots: list[EngineSnapshot]) -> dict[str, int]:
+    maxima: dict[str, int] = {}
+    for snapshot in snapshots:
+        value = snapshot.max_request_physical_tokens
+        maxima[snapshot.engine] = max(maxima.get(snapshot.engine, 0), value)
+    return maxima
+
+
+def _histogram_families(snapshots: list[EngineSnapshot]):
+    from prometheus_client.core import HistogramMetricFamily
+
+    for name, help_text in HISTOGRAM_HELP.items():
+        merged: dict[tuple[str, str], TokenHistogram] = {}
+        for snapshot in snapshots:
+            for cache, histogram in snapshot.finished.histograms[name].items():
+                merged.setdefault((snapshot.engine, cache), TokenHistogram()).add(histogram)
+        family = HistogramMetricFamily(METRIC_PREFIX + name, help_text, labels=["engine", "cache"])
+        for labels, histogram in sorted(merged.items()):
+            family.add_metric(list(labels), histogram.cumulative_buckets(), histogram.total)
+        yield family
 
 
 _collector: PackCacheCollector | None = None

@@ -22,7 +22,7 @@ Which of the two a step is, and what the canvas holds, is the runner's business
 * a request with classifier-free guidance gets its unconditional twin (``twins``): added with
   it, counted in its admission, its canvas scheduled in the same step (the pair's 2F tokens fit
   the step's budget or neither is scheduled), finished and aborted with it, and kept out of the
-  engine's outputs.
+  engine's outputs and of vLLM's request counts (``make_stats``).
 
 A request whose twin cannot be made, or whose canvas cannot be paired, fails alone (with its twin,
 if it has one), as a failure of any part of a pair's PackCache work fails the pair
@@ -54,8 +54,8 @@ class ARDFScheduler(PackCacheScheduler):
     # --- requests and their twins -----------------------------------------------------------
     def add_request(self, request) -> None:
         super().add_request(request)
-        if twins.is_twin(request.request_id):
-            return
+        if twins.is_twin(request.request_id) or request.request_id not in self.requests:
+            return  # a twin, or a request refused on arrival (``refuse_if_never_fits``)
         try:
             self.add_twin(request)
         except Exception as err:
@@ -209,6 +209,14 @@ class ARDFScheduler(PackCacheScheduler):
                 f"frame boundary (frames start at {frame_start}, {self.tokens_per_frame} each)"
             )
         return self.tokens_per_frame if num_new_tokens >= self.tokens_per_frame else 0
+
+    def make_stats(self, *args, **kwargs):
+        """vLLM's stats, hidden twins left out of the request counts: a guided request is one
+        request to its client (its twin's blocks stay in the KV cache usage, where they are)."""
+        stats = super().make_stats(*args, **kwargs)
+        if stats is not None:
+            compat.leave_out_of_request_counts(stats, self, twins.is_twin)
+        return stats
 
     def make_spec_decoding_stats(self, spec_decoding_stats, *args, **kwargs):
         return spec_decoding_stats  # canvases are not drafts: nothing to count

@@ -86,6 +86,21 @@ def add_error_outputs(outputs: dict, requests) -> None:
         )
 
 
+def leave_out_of_request_counts(stats, scheduler, is_hidden) -> None:
+    """Subtract the requests for which ``is_hidden(request_id)`` from the request counts of
+    ``stats`` (a ``SchedulerStats``, what ``vllm:num_requests_running`` / ``_waiting`` report), as
+    vLLM's ``Scheduler.make_stats`` counts them: running; waiting (the waiting and KV-holding
+    queues) less deferred; deferred (a subset of the waiting ones)."""
+    waiting = [
+        r for queue in (scheduler.waiting, scheduler.kv_holding_waiting) for r in queue
+        if is_hidden(r.request_id)
+    ]  # fmt: skip
+    deferred = sum(r in scheduler.deferred_waiting for r in waiting)
+    stats.num_running_reqs -= sum(is_hidden(r.request_id) for r in scheduler.running)
+    stats.num_waiting_reqs -= len(waiting) - deferred
+    stats.num_skipped_waiting_reqs -= deferred
+
+
 def full_attention_manager(kv_cache_manager):
     """The single full-attention block manager of a one-group model (Lumos-1)."""
     managers = kv_cache_manager.coordinator.single_type_managers

@@ -26,7 +26,7 @@ from packcache_vllm.core.budget import PackCacheConfig
 from packcache_vllm.core.layout import FrameLayout, find_frame_start, video_prompt_layout
 from packcache_vllm.core.maskgit import grid_token_ids
 from packcache_vllm.core.position_code import MAX_FRAME_START, MAX_INDEX
-from packcache_vllm.engine import ardf_requests
+from packcache_vllm.engine import ardf_requests, pool_fit
 from packcache_vllm.engine.vocab_check import check_request_token_ids
 from packcache_vllm.model.config_hook import LUMOS_ARCHITECTURE, check_time_rebase, frame_grid
 
@@ -107,5 +107,4 @@ def check_request(vllm_config, prompt_token_ids, sampling_params) -> None:
         ardf_requests.check_frame_parallel_request(layout, prompt_token_ids, sampling_params)
     else:
         ardf_requests.reject_ardf_keys(sampling_params)
-    # No pool-size check is needed: vLLM refuses to start unless one max_model_len request fits
-    # the pool, and a request's bounded footprint is at most that.
+    pool_fit.check_fits_pool(vllm_config, base, layout, prompt_token_ids, sampling_params)

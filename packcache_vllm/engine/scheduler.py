@@ -35,13 +35,15 @@ from packcache_vllm.core.plan import (
     num_new_complete_frames,
 )
 from packcache_vllm.core.select import Selector, make_selector
-from packcache_vllm.engine import compat, faults
+from packcache_vllm.engine import compat, faults, pool_fit, twins
 from packcache_vllm.engine.plans import FramesToOrder, WorkerPlan, global_slots
 from packcache_vllm.engine.requests import bound_tokens, request_policy, video_layout
 from packcache_vllm.metrics import (
+    REQUEST_CACHE,
+    TWIN_CACHE,
     EngineCounters,
     EngineSnapshot,
-    RequestKVStats,
+    FinishedCaches,
     SnapshotPublisher,
     ensure_metrics_dir,
 )
@@ -68,6 +70,11 @@ class RequestKV:
     config: PackCacheConfig  # the engine's policy with this request's overrides
     state: PhysicalState
     evicted_tokens: int = 0
+    peak_physical_tokens: int = 0  # the most its cache held before a compaction
+
+    def peak_with(self, request) -> int:
+        """The most tokens the cache has held, its current ones included."""
+        return max(self.peak_physical_tokens, request.num_computed_tokens - self.evicted_tokens)
 
 
 class PackCacheScheduler(Scheduler):
@@ -85,6 +92,7 @@ class PackCacheScheduler(Scheduler):
             self.block_manager, self.evicted_tokens_of, lambda rid: self.admission_blocks_of(rid)
         )
         self.counters = EngineCounters()
+        self.finished_caches = FinishedCaches()
         engine = str(self.vllm_config.parallel_config.data_parallel_rank)
         self.publisher = SnapshotPublisher(engine, ensure_metrics_dir())
         logger.info("PackCache scheduler: %s (counters on /metrics as packcache:*)", self.packcache)
@@ -94,10 +102,36 @@ class PackCacheScheduler(Scheduler):
         return kv.evicted_tokens if kv is not None else 0
 
     # --- admission -------------------------------------------------------------------------
+    def add_request(self, request) -> None:
+        super().add_request(request)
+        if not twins.is_twin(request.request_id):  # a twin is counted with its request
+            self.refuse_if_never_fits(request)
+
+    def refuse_if_never_fits(self, request) -> None:
+        """Fail a request that can never fit this engine's pool, its CFG twin included (it would
+        wait forever). The front end refuses it first wherever it knows the pool's size
+        (``pool_fit``); this covers the rest (data parallelism)."""
+        try:
+            kv = self.kv_of(request)
+        except ValueError as err:  # not a video prompt: it can only have bypassed the checks
+            self.fail_requests({request.request_id: str(err)})
+            return
+        why = pool_fit.refusal_of(
+            self.vllm_config,
+            self.kv_cache_manager.block_pool.num_gpu_blocks,
+            kv.layout,
+            kv.config,
+            request.prompt_token_ids,
+            request.sampling_params,
+        )
+        if why is not None:
+            self.fail_requests({request.request_id: why})
+
     def bound_blocks(self, request) -> int:
         """The most blocks the request can ever hold (``requests.bound_tokens``)."""
         kv = self.kv_of(request)
-        return cdiv(bound_tokens(kv.layout, kv.config, request.max_tokens), self.block_size)
+        max_tokens = pool_fit.new_tokens(self.vllm_config, kv.layout, request.max_tokens)
+        return cdiv(bound_tokens(kv.layout, kv.config, max_tokens), self.block_size)
 
     def admission_blocks_of(self, request_id: str) -> int:
         """Free blocks a waiting request needs to be admitted: its own bound plus what running
@@ -122,15 +156,9 @@ class PackCacheScheduler(Scheduler):
     def publish_counters(self, *, force: bool) -> None:
         if not force and not self.publisher.due():
             return  # throttled: skip building the snapshot too
-        requests = {
-            request_id: RequestKVStats(
-                physical_tokens=self.requests[request_id].num_computed_tokens - kv.evicted_tokens,
-                evicted_tokens=kv.evicted_tokens,
-            )
-            for request_id, kv in self.request_kv.items()
-            if request_id in self.requests
-        }
-        snapshot = EngineSnapshot(self.publisher.engine, self.counters, requests)
+        snapshot = EngineSnapshot(
+            self.publisher.engine, self.counters, self.finished_caches, self.max_peak_tokens()
+        )
         self.publisher.publish(snapshot, force=force)
 
     def update_from_output(self, scheduler_output, model_runner_output):
@@ -154,6 +182,11 @@ class PackCacheScheduler(Scheduler):
                 cause,
             )
         self.failed_requests += self.finish_requests(failures, RequestStatus.FINISHED_ERROR)
+
+    def max_peak_tokens(self) -> int:
+        """The most tokens any running request's cache has held (0 when none runs)."""
+        running = (r for r in self.request_kv if r in self.requests)
+        return max((self.request_kv[r].peak_with(self.requests[r]) for r in running), default=0)
 
     def compact_completed_frames(self) -> dict[str, WorkerPlan]:
         plans, failures = {}, {}
@@ -202,7 +235,9 @@ class PackCacheScheduler(Scheduler):
         self.kv_cache_manager.block_pool.free_blocks(reversed(freed))
         frames_to_order = self.frames_to_order(kv, selector, plan.new_state, old_ids)
         sorted_tokens = 0 if frames_to_order is None else sum(map(len, frames_to_order.slots))
+        kv.peak_physical_tokens = max(kv.peak_physical_tokens, logical_len - kv.evicted_tokens)
         self.counters.add_compaction(
+            frames=num_new_complete_frames(kv.state, logical_len, kv.layout.tokens_per_frame),
             evicted=plan.evicted_tokens - kv.evicted_tokens,
             freed=len(freed),
             moved=plan.num_moves + sorted_tokens,
@@ -298,8 +333,13 @@ class PackCacheScheduler(Scheduler):
         super()._preempt_request(request, timestamp, *args, **kwargs)
 
     def _free_request(self, request, *args, **kwargs):
-        if self.request_kv.pop(request.request_id, None) is not None:
-            self.publish_counters(force=True)  # the request leaves the per-request gauges
+        kv = self.request_kv.pop(request.request_id, None)
+        if kv is not None and kv.peak_with(request):  # a cache that held nothing is not observed
+            cache = TWIN_CACHE if twins.is_twin(request.request_id) else REQUEST_CACHE
+            self.finished_caches.observe(
+                cache, peak_physical_tokens=kv.peak_with(request), evicted_tokens=kv.evicted_tokens
+            )
+            self.publish_counters(force=True)
         return super()._free_request(request, *args, **kwargs)
 
     def shutdown(self) -> None:

@@ -10,7 +10,15 @@ the twin the conditioned request's canvases and commits and blends the two logit
 
 from __future__ import annotations
 
+from packcache_vllm.engine.ardf_requests import ardf_params_of
+
 TWIN_SUFFIX = "#uncond"
+
+
+def needs_twin(sampling_params) -> bool:
+    """Whether a frame-parallel request with these parameters is guided (``ardf_cfg_scale`` != 1),
+    so brings a twin."""
+    return ardf_params_of(sampling_params).cfg_scale != 1
 
 
 def twin_id(request_id: str) -> str:

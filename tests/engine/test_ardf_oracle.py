@@ -29,24 +29,24 @@ WINDOW = 2
 MIN_KEEP = 0.5
 
 
-def make_ardf_llm(model_dir, policy: str, **knobs):
-    """An in-process frame-parallel engine, kept alive for the session."""
+def make_ardf_llm(model_dir, policy: str, llm_args: dict | None = None, **knobs):
+    """An in-process frame-parallel engine, kept alive for the session (``llm_args`` override
+    the LLM arguments)."""
     from vllm import LLM
 
     from packcache_vllm.cli import engine_overrides
 
     overrides = engine_overrides(policy, mode="frame-parallel", device="cpu", **knobs)
-    engine = LLM(
-        str(model_dir),
-        dtype="float32",
-        enforce_eager=True,
-        block_size=BLOCK_SIZE,
-        kv_cache_memory_bytes=32 << 20,
-        max_model_len=1024,
-        seed=0,
-        **overrides,
-    )
-    return keep_alive(engine)
+    arguments = {
+        "dtype": "float32",
+        "enforce_eager": True,
+        "block_size": BLOCK_SIZE,
+        "kv_cache_memory_bytes": 32 << 20,
+        "max_model_len": 1024,
+        "seed": 0,
+        **(llm_args or {}),
+    }
+    return keep_alive(LLM(str(model_dir), **arguments, **overrides))
 
 
 def runner_of(engine):

@@ -19,6 +19,9 @@ GUIDANCE = (3.0, 1.0, 5.0)
 # Room for a video long enough that the server cannot finish it before an impatient client
 # leaves, however fast the machine (the policy keeps the physical cache bounded regardless).
 MAX_MODEL_LEN = 32768
+# A pool of 1,280 blocks of the tiny model (1 KiB of KV per token): one max-length request
+# fits (vLLM's start-up check), a max-length request with its guidance twin does not.
+KV_CACHE_BYTES = 40 << 20
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +30,8 @@ def ardf_server(tiny_model_dir, tmp_path_factory):
     flags = ("--kv-policy", "packcache", "--packcache-window", str(WINDOW),
              "--packcache-min-keep", str(MIN_KEEP),
              "--packcache-mode", "frame-parallel",
-             "--max-model-len", str(MAX_MODEL_LEN))  # fmt: skip
+             "--max-model-len", str(MAX_MODEL_LEN),
+             "--kv-cache-memory-bytes", str(KV_CACHE_BYTES))  # fmt: skip
     with running_server(tiny_model_dir, log_path, *flags) as url:
         yield url, log_path
 
@@ -130,19 +134,63 @@ def test_long_text_and_boolean_knobs_are_http_400_in_frame_parallel_mode(
     assert ask([300] * 8, ardf_steps_per_frame=2).usage.completion_tokens == per_frame
 
 
+def test_guided_request_that_can_never_fit_is_http_400(
+    ardf_server, tiny_model_dir, video_prompts, per_frame
+):
+    """The API server knows the engine's pool size (vLLM's ready handshake): a guided video
+    that fits alone but never with its twin is a 400 naming both sizes, not a request that
+    waits forever; the server keeps serving."""
+    import openai
+    from vllm.utils.math_utils import cdiv
+
+    from packcache_vllm.reference_ardf import unconditional_prompt
+    from tests.engine.test_serve import scrape_metrics
+
+    url, _ = ardf_server
+    [(info, _)] = scrape_metrics(url)["vllm:cache_config_info"]
+    usable, block = int(info["num_gpu_blocks"]) - 1, int(info["block_size"])
+    prompt = video_prompts[0]
+    new_tokens = (MAX_MODEL_LEN - len(prompt)) // per_frame * per_frame
+    request_tokens = len(prompt) + new_tokens
+    twin_tokens = len(unconditional_prompt(prompt)) + new_tokens
+    blocks = cdiv(request_tokens, block) + cdiv(twin_tokens, block)
+    assert cdiv(request_tokens, block) <= usable < blocks
+    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)
+    never_fits = (
+        rf"footprint is {blocks} blocks of {block} tokens for {request_tokens} tokens \(the "
+        rf"request\) \+ {twin_tokens} tokens \(its CFG twin\), the pool holds {usable} usable"
+    )
+    xargs_whole = {"ardf_cfg_scale": 3.0, "packcache_window": 2000}  # nothing evicted
+    with pytest.raises(openai.BadRequestError, match=never_fits):
+        client.completions.create(
+            model=str(tiny_model_dir),
+            prompt=prompt,
+            max_tokens=new_tokens,
+            extra_body={"ignore_eos": True, "vllm_xargs": xargs_whole},
+        )
+    reply = client.completions.create(
+        model=str(tiny_model_dir),
+        prompt=prompt,
+        max_tokens=per_frame,
+        extra_body={"ignore_eos": True, "vllm_xargs": {"ardf_steps_per_frame": 2}},
+    )
+    assert reply.usage.completion_tokens == per_frame
+
+
 def test_abort_over_http_frees_both_twins_and_caches_stay_bounded(
     ardf_server, tiny_model_dir, video_prompts, per_frame
 ):
-    """A long guided video streamed while /metrics is sampled: each twin's cache stays within its
-    bound as the video grows; the client then disconnects mid-video, and the server ends up with
-    no running request and an empty KV cache (both twins' blocks returned)."""
+    """A long guided video streamed while /metrics is sampled: vLLM counts one running request
+    (its twin is hidden), the caches stay within their bound as the video grows; the client then
+    disconnects mid-video, the server ends up with no running request and an empty KV cache
+    (both twins' blocks returned), and each twin's peak lands in the per-cache histogram."""
     from openai import OpenAI
 
     from tests.engine.test_serve import scrape_metrics
 
     url, _ = ardf_server
     frames = (MAX_MODEL_LEN - len(video_prompts[0])) // per_frame  # still running when we leave
-    compactions_before = total(scrape_metrics(url), "packcache:compactions_total")
+    before = scrape_metrics(url)
     params = {**xargs(sampler_params(0, cfg_scale=3.0)), "ardf_steps_per_frame": 8}
     stream = OpenAI(base_url=url, api_key="unused").completions.create(
         model=str(tiny_model_dir),
@@ -152,23 +200,34 @@ def test_abort_over_http_frees_both_twins_and_caches_stay_bounded(
         extra_body={"ignore_eos": True, "vllm_xargs": params},
     )
     bound = len(video_prompts[0]) + (WINDOW + 1) * per_frame
-    physical: dict[str, int] = {}
+    physical, running = [], []
     for frames_seen, _ in enumerate(stream, start=1):  # a commit streams its whole frame at once
-        for labels, value in scrape_metrics(url).get("packcache:request_physical_tokens", []):
-            request = labels["request_id"]
-            physical[request] = max(physical.get(request, 0), int(value))
+        samples = scrape_metrics(url)
+        physical.append(total(samples, "packcache:max_request_physical_tokens"))
+        running.append(total(samples, "vllm:num_requests_running"))
         if frames_seen == 6:  # past the window (W = 2): disconnect mid-video
             break
     stream.close()
     wait_until_idle(url)
-    assert any(request.endswith("#uncond") for request in physical), physical
-    assert all(0 < tokens <= bound for tokens in physical.values()), (physical, bound)
-    compactions = total(scrape_metrics(url), "packcache:compactions_total") - compactions_before
-    assert compactions < 2 * (frames - 1), "the video ran to the end: nothing was aborted"
+    assert 0 < max(physical) <= bound, (physical, bound)
+    assert max(running) == 1, running  # the guided request, not its hidden twin as well
+    after = scrape_metrics(url)
+    for cache in ("request", "cfg_twin"):  # one finished cache each: the sum is its peak
+        assert grew(before, after, "packcache:request_peak_physical_tokens_count", cache) == 1
+        peak = grew(before, after, "packcache:request_peak_physical_tokens_sum", cache)
+        assert 0 < peak <= bound, (cache, peak, bound)
+    frames_done = grew(before, after, "packcache:frames_completed_total")
+    assert frames_done < 2 * (frames - 1), "the video ran to the end: nothing was aborted"
 
 
-def total(samples, name: str) -> float:
-    return sum(value for _, value in samples.get(name, []))
+def total(samples, name: str, cache: str | None = None) -> float:
+    """A metric summed over its samples (those of one ``cache`` label value, if given)."""
+    found = samples.get(name, [])
+    return sum(value for labels, value in found if cache is None or labels["cache"] == cache)
+
+
+def grew(before, after, name: str, cache: str | None = None) -> float:
+    return total(after, name, cache) - total(before, name, cache)
 
 
 def wait_until_idle(url: str, timeout_s: float = 60) -> None:
@@ -181,7 +240,8 @@ def wait_until_idle(url: str, timeout_s: float = 60) -> None:
         samples = scrape_metrics(url)
         running = total(samples, "vllm:num_requests_running")
         usage = total(samples, "vllm:kv_cache_usage_perc")
-        if running == 0 and usage == 0 and not samples.get("packcache:request_physical_tokens"):
+        held = total(samples, "packcache:max_request_physical_tokens")
+        if running == 0 and usage == 0 and held == 0:
             return
         time.sleep(0.5)
     raise AssertionError(f"server not idle after the abort: running={running}, kv usage={usage}")

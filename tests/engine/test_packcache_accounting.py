@@ -44,6 +44,7 @@ def test_blocks_stay_bounded_flat_and_return(engine, video_prompts, per_frame):
     pool = scheduler.kv_cache_manager.block_pool
     free_at_start = pool.get_num_free_blocks()
     counters_at_start = replace(scheduler.counters)
+    peaks_at_start = peak_histogram(scheduler).total
     add_video_requests(engine, video_prompts, "acct-", NUM_FRAMES, per_frame)
     bound = {
         r.request_id: math.ceil((r.num_prompt_tokens + (WINDOW + 1) * per_frame) / BLOCK_SIZE)
@@ -51,10 +52,13 @@ def test_blocks_stay_bounded_flat_and_return(engine, video_prompts, per_frame):
     }
     history: dict[str, list[tuple[int, int]]] = {rid: [] for rid in bound}
     final_kv: dict[str, tuple[int, int]] = {}  # request -> (E, dropped frames) last seen
+    peak: dict[str, int] = {}  # request -> the most tokens its cache held (before compacting)
     while engine.has_unfinished_requests():
         engine.step()
         for request_id, kv in scheduler.request_kv.items():
             final_kv[request_id] = (kv.evicted_tokens, kv.state.dropped_frames)
+            held = scheduler.requests[request_id].num_computed_tokens - kv.evicted_tokens
+            peak[request_id] = max(peak.get(request_id, 0), held)
         for request in scheduler.running:
             blocks = held_blocks(scheduler)[request.request_id]
             assert blocks <= bound[request.request_id], f"{request.request_id} exceeds its bound"
@@ -67,6 +71,18 @@ def test_blocks_stay_bounded_flat_and_return(engine, video_prompts, per_frame):
         assert max(settled) == max(blocks for frame, blocks in samples if frame == WINDOW + 2)
     assert pool.get_num_free_blocks() == free_at_start
     check_counters(scheduler, counters_at_start, final_kv)
+    assert peak_histogram(scheduler).total - peaks_at_start == sum(peak.values())
+
+
+def peak_histogram(scheduler):
+    """The scheduler's histogram of finished requests' peak tokens, as last published."""
+    from packcache_vllm.metrics import REQUEST_CACHE, EngineSnapshot, TokenHistogram
+
+    if not scheduler.publisher.path.exists():
+        return TokenHistogram()
+    published = EngineSnapshot.from_json(scheduler.publisher.path.read_text())
+    by_cache = published.finished.histograms["request_peak_physical_tokens"]
+    return by_cache.get(REQUEST_CACHE, TokenHistogram())
 
 
 def check_counters(scheduler, at_start, final_kv: dict[str, tuple[int, int]]) -> None:
@@ -81,7 +97,7 @@ def check_counters(scheduler, at_start, final_kv: dict[str, tuple[int, int]]) ->
     assert counters.moved_tokens > at_start.moved_tokens
     published = EngineSnapshot.from_json(scheduler.publisher.path.read_text())
     assert published.counters == counters
-    assert published.requests == {}
+    assert published.max_request_physical_tokens == 0
 
 
 def test_abort_mid_frame_returns_every_block(engine, video_prompts, per_frame):

@@ -49,7 +49,10 @@ def running_server(model_dir, log_path: Path, *extra_args: str):
     port = free_port()
     inherited_only_here = ("VLLM_ENABLE_V1_MULTIPROCESSING", "PACKCACHE_METRICS_DIR")
     env = {k: v for k, v in os.environ.items() if k not in inherited_only_here}
-    env["VLLM_CPU_KVCACHE_SPACE"] = "1"
+    if "--kv-cache-memory-bytes" in extra_args:
+        env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # the variable would override the flag
+    else:
+        env["VLLM_CPU_KVCACHE_SPACE"] = "1"
     command = [
         str(Path(sys.executable).parent / "vllm"), "serve", str(model_dir),
         "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",

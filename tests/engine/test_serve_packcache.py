@@ -56,23 +56,32 @@ def test_concurrent_requests_match_reference(packcache_server, tiny_model_dir, v
 
 
 def check_metrics_match_reference(samples, expected) -> None:
-    """/metrics after the videos finished: what was evicted and dropped equals what the dense
-    reference evicted (its last step attended to the final cache), and no request is listed."""
+    """/metrics after the videos finished: what was evicted and dropped, the frames that
+    re-packed a cache, and each cache's peak equal the dense reference's (its last step attended
+    to the final cache; a step attended to the whole cache before that frame's eviction), and no
+    request is running."""
+    from itertools import pairwise
 
     def total(name: str) -> float:
         return sum(value for _, value in samples[name])
 
     last_steps = [result.steps[-1] for result in expected]
-    assert total("packcache:evicted_tokens_total") == sum(
-        step.index - len(step.kept_indices) for step in last_steps
+    evicted = [[s.index - len(s.kept_indices) for s in result.steps] for result in expected]
+    assert total("packcache:evicted_tokens_total") == sum(e[-1] for e in evicted)
+    assert total("packcache:request_evicted_tokens_sum") == sum(e[-1] for e in evicted)
+    assert total("packcache:compactions_total") == sum(
+        later > earlier for e in evicted for earlier, later in pairwise(e)
     )
+    peaks = [max(len(s.kept_indices) for s in result.steps) for result in expected]
+    assert total("packcache:request_peak_physical_tokens_sum") == sum(peaks)
+    assert total("packcache:request_peak_physical_tokens_count") == len(expected)
+    assert total("packcache:max_request_physical_tokens") == 0  # nothing runs
     assert total("packcache:dropped_frames_total") == sum(s.dropped_frames for s in last_steps)
     assert total("packcache:blocks_freed_total") > 0
     assert total("packcache:moved_tokens_total") > 0
-    # one per completed frame; the last frame's last token is sampled, never fed back
-    assert total("packcache:compactions_total") == len(expected) * (FRAMES - 1)
+    # every completed frame; the last frame's last token is sampled, never fed back
+    assert total("packcache:frames_completed_total") == len(expected) * (FRAMES - 1)
     assert total("packcache:preemptions_total") == 0
-    assert not samples.get("packcache:request_physical_tokens")
 
 
 def test_bad_requests_get_http_400_and_the_server_keeps_serving(
