@@ -55,9 +55,13 @@ class StreamClient:
         client = OpenAI(base_url=self.url, api_key="unused", max_retries=0)
         try:
             stream = client.completions.create(
-                model=self.model, prompt=self.prompt, max_tokens=self.max_tokens,
-                temperature=0.0, stream=True, extra_body={"ignore_eos": True},
-            )  # fmt: skip
+                model=self.model,
+                prompt=self.prompt,
+                max_tokens=self.max_tokens,
+                temperature=0.0,
+                stream=True,
+                extra_body={"ignore_eos": True},
+            )
             for chunk in stream:
                 self.started.set()
                 for choice in chunk.choices:
@@ -78,10 +82,11 @@ def test_sigterm_gives_every_in_flight_client_a_terminal_response(
         server = server_process(url)
         max_tokens = 2048 - max(map(len, video_prompts))  # far longer than the test lasts
         clients = [
-            StreamClient(url, str(tiny_model_dir), video_prompts[i % len(video_prompts)],
-                         max_tokens)
+            StreamClient(
+                url, str(tiny_model_dir), video_prompts[i % len(video_prompts)], max_tokens
+            )
             for i in range(CLIENTS)
-        ]  # fmt: skip
+        ]
         for client in clients:
             threading.Thread(target=client.run, daemon=True).start()
         for client in clients:
