@@ -82,6 +82,8 @@ class Job:
     cfg_scale: float
     top_k: int | None
     temperature: float
+    condition_mask_ratio: float
+    ranking: str
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -108,10 +110,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--sliding-windows",
-        nargs="+",
+        nargs="*",
         type=int,
         default=[1, 3],
-        help="sliding-window sizes in frames (1 3; 3 holds about PackCache W=4's history)",
+        help="sliding-window sizes in frames (1 3; 3 holds about PackCache W=4's history; "
+        "none: no sliding rows)",
     )
     parser.add_argument(
         "--key-norm-window",
@@ -133,6 +136,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=float,
         default=0.0,
         help="frame-parallel temperature (default 0: argmax codes, no re-masking noise)",
+    )
+    parser.add_argument(
+        "--condition-mask-ratio",
+        type=float,
+        default=0.0,
+        help="frame-parallel: share of the conditioning frame masked in its cache copy "
+        "(default 0, Lumos-1's: cached whole)",
+    )
+    parser.add_argument(
+        "--ranking",
+        choices=("exact", "quantized"),
+        default="exact",
+        help="frame-parallel re-masking ranking (default exact, Lumos-1's)",
     )
     parser.add_argument(
         "--speed",
@@ -259,6 +275,8 @@ def ardf_params(job: Job, scene: int):
         cfg_scale=job.cfg_scale,
         top_k=job.top_k,
         temperature=job.temperature,
+        condition_mask_ratio=job.condition_mask_ratio,
+        ranking=job.ranking,
         seed=scene,
     )
 
@@ -363,6 +381,8 @@ def jobs(args) -> list[Job]:
             args.cfg_scale,
             args.top_k,
             args.temperature,
+            args.condition_mask_ratio,
+            args.ranking,
         )
         for mode in args.modes
         for setting in settings(args)
