@@ -373,8 +373,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "steps (bidirectional inside the frame) with classifier-free guidance against an "
             "unconditional twin, then committed from its history-masked copy. Per-request knobs "
             "through vllm_xargs: ardf_steps_per_frame, ardf_cfg_scale, ardf_top_k, "
-            "ardf_temperature, ardf_schedule, ardf_seed, ardf_history_mask_ratio (defaults "
-            "Lumos-1's: 50, 15, 2000, 1.0, cosine, random, 0.7). CPU only."
+            "ardf_temperature, ardf_schedule, ardf_seed, ardf_history_mask_ratio, "
+            "ardf_condition_mask_ratio, ardf_ranking (defaults as Lumos-1's "
+            "inference_solver_vid.py runs them: 50, 15, no top-k, 1.0, cosine, random, 0.7, "
+            "0 = conditioning frames cached whole, exact = ties at the re-masking cut-off all "
+            "fixed). CPU only."
         ),
     )
     group.add_argument(
