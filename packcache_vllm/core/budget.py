@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, replace
 from numbers import Integral, Real
 
+from packcache_vllm.core.layout import FrameLayout
 from packcache_vllm.core.select import SELECTORS
 
 PRESETS = ("full", "sliding", "packcache")
@@ -163,3 +164,12 @@ def _check_fraction(knob: str, value: object, allow_zero: bool) -> float:
 def _check_count(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def bound_tokens(layout: FrameLayout, config: PackCacheConfig, max_tokens: int) -> int:
+    """The most tokens a request's cache ever holds: anchors + W frames + the current frame
+    (or the whole request, if shorter)."""
+    longest = layout.anchor_len + max_tokens
+    if not config.is_bounded:
+        return longest
+    return min(longest, layout.anchor_len + (config.window + 1) * layout.tokens_per_frame)

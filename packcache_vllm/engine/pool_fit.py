@@ -1,7 +1,7 @@
 """Whether a request can ever fit one engine's KV block pool.
 
 The scheduler admits a request only when the free pool holds its whole bounded footprint
-(``requests.bound_tokens`` per cache, its hidden CFG twin's included) plus what running requests
+(``core.budget.bound_tokens`` per cache, its hidden CFG twin's included) plus what running requests
 may still grow into. A request whose footprint exceeds the whole pool would therefore wait
 forever, so it is refused where it enters, with an HTTP 400 naming both sizes
 (``check_fits_pool``, called by ``requests.check_request`` in the input processor).
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from vllm.utils.math_utils import cdiv
 
 from packcache_vllm.cli import FRAME_PARALLEL, packcache_mode_from
-from packcache_vllm.core.budget import PackCacheConfig
+from packcache_vllm.core.budget import PackCacheConfig, bound_tokens
 from packcache_vllm.core.layout import FrameLayout
 from packcache_vllm.engine import twins
 from packcache_vllm.reference_ardf import unconditional_prompt
@@ -71,8 +71,6 @@ def footprint(
     vllm_config, layouts: list[FrameLayout], config: PackCacheConfig, max_tokens: int
 ) -> Footprint:
     """The bounded footprint of caches with these layouts, each asked for ``max_tokens``."""
-    from packcache_vllm.engine.requests import bound_tokens  # requests.py calls this module
-
     block_size = vllm_config.cache_config.block_size
     tokens = tuple(
         bound_tokens(layout, config, new_tokens(vllm_config, layout, max_tokens))

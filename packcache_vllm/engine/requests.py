@@ -80,15 +80,6 @@ def check_position_limits(vllm_config, prompt_token_ids, sampling_params) -> Non
         )
 
 
-def bound_tokens(layout: FrameLayout, config: PackCacheConfig, max_tokens: int) -> int:
-    """The most tokens a request's cache ever holds: anchors + W frames + the current frame
-    (or the whole request, if shorter)."""
-    longest = layout.anchor_len + max_tokens
-    if not config.is_bounded:
-        return longest
-    return min(longest, layout.anchor_len + (config.window + 1) * layout.tokens_per_frame)
-
-
 def check_request(vllm_config, prompt_token_ids, sampling_params) -> None:
     """All checks of one request: the token ids and position limits of the Lumos-1 model (with or
     without a policy), the rest only when a policy is active. Raises ValueError."""

@@ -26,7 +26,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import RequestStatus
 
 from packcache_vllm.cli import NO_POLICY, packcache_config_from
-from packcache_vllm.core.budget import PackCacheConfig
+from packcache_vllm.core.budget import PackCacheConfig, bound_tokens
 from packcache_vllm.core.layout import FrameLayout
 from packcache_vllm.core.plan import (
     CompactionPlan,
@@ -37,7 +37,7 @@ from packcache_vllm.core.plan import (
 from packcache_vllm.core.select import Selector, make_selector
 from packcache_vllm.engine import compat, faults, pool_fit, twins
 from packcache_vllm.engine.plans import FramesToOrder, WorkerPlan, global_slots
-from packcache_vllm.engine.requests import bound_tokens, request_policy, video_layout
+from packcache_vllm.engine.requests import request_policy, video_layout
 from packcache_vllm.metrics import (
     REQUEST_CACHE,
     TWIN_CACHE,
@@ -128,7 +128,7 @@ class PackCacheScheduler(Scheduler):
             self.fail_requests({request.request_id: why})
 
     def bound_blocks(self, request) -> int:
-        """The most blocks the request can ever hold (``requests.bound_tokens``)."""
+        """The most blocks the request can ever hold (``core.budget.bound_tokens``)."""
         kv = self.kv_of(request)
         max_tokens = pool_fit.new_tokens(self.vllm_config, kv.layout, request.max_tokens)
         return cdiv(bound_tokens(kv.layout, kv.config, max_tokens), self.block_size)
