@@ -211,8 +211,8 @@ def expected_tokens(reference, run: str, spec: Spec) -> tuple[int, ...]:
 
 def cache_bounds(run: str, spec: Spec, rows: int, cols: int) -> dict[str, int]:
     """The most tokens the request's cache (and its CFG twin's) may hold."""
+    from packcache_vllm.core.budget import bound_tokens
     from packcache_vllm.core.layout import FrameLayout, find_frame_start
-    from packcache_vllm.engine.requests import bound_tokens
     from packcache_vllm.reference_ardf import unconditional_prompt
 
     config = request_policy(server_policy(run), spec)
