@@ -22,10 +22,14 @@ def scheduler_of(engine):
 
 
 def held_ids(owner, names: tuple[str, ...]) -> dict[str, set[str]]:
-    """name -> the request ids (twins as their request) its dict still holds."""
+    """name -> the ids its dict still holds, as given to ``add_request`` (the engine appends
+    "-<8 hex digits>" to each; a twin counts as its request)."""
     from packcache_vllm.engine.twins import conditioned_id
 
-    return {name: {conditioned_id(r) for r in getattr(owner, name, {})} for name in names}
+    def given(engine_id: str) -> str:
+        return conditioned_id(engine_id).rsplit("-", 1)[0]
+
+    return {name: {given(r) for r in getattr(owner, name, {})} for name in names}
 
 
 def run_with_aborts(engine, requests: dict[str, tuple], victims: set[str]) -> None:
