@@ -4,10 +4,11 @@
     .venv/bin/python benchmarks/soak.py --requests 60 --runs packcache:next-token
 
 Each run starts its own `vllm serve` on 127.0.0.1 (``tests.engine.test_serve.running_server``)
-with a tiny random-weight Lumos-1 (``model.factory``, made once under ``--out``) or ``--model``,
-and sends ``--requests`` requests, ``--concurrency`` in flight, in rounds of ``--round``. A run is
-POLICY:MODE: ``packcache:next-token``, ``packcache:frame-parallel`` (AR-DF, hidden CFG twins when
-``ardf_cfg_scale`` != 1) or ``none:next-token`` (stock vLLM, the same requests).
+with a tiny random-weight Lumos-1 (``model.factory``, made once in artifacts/soak-tiny-lumos)
+or ``--model``, and sends ``--requests`` requests, ``--concurrency`` in flight, in rounds of
+``--round``. A run is POLICY:MODE: ``packcache:next-token``, ``packcache:frame-parallel``
+(AR-DF, hidden CFG twins when ``ardf_cfg_scale`` != 1) or ``none:next-token`` (stock vLLM, the
+same requests).
 
 The requests are drawn (seeded) from a pool of distinct specs: random prompts (text-to-video and
 image-to-video), 1 to ``--max-frames`` frames, per-request overrides through ``vllm_xargs``
@@ -642,7 +643,7 @@ def ensure_model(args) -> Path:
         return args.model
     from packcache_vllm.model.factory import build_tiny_lumos
 
-    path = args.out / "tiny-lumos"
+    path = ROOT / "artifacts" / "soak-tiny-lumos"
     if not (path / "model.safetensors").is_file():
         build_tiny_lumos(path, seed=0)
     return path
