@@ -213,10 +213,12 @@ def expected_tokens(reference, run: str, spec: Spec) -> tuple[int, ...]:
 def cache_bounds(run: str, spec: Spec, rows: int, cols: int) -> dict[str, int]:
     """The most tokens the request's cache (and its CFG twin's) may hold."""
     from packcache_vllm.core.budget import bound_tokens
-    from packcache_vllm.core.layout import FrameLayout, find_frame_start
+    from packcache_vllm.core.layout import FrameLayout, find_frame_start, tokens_per_frame
     from packcache_vllm.reference_ardf import unconditional_prompt
 
     config = request_policy(server_policy(run), spec)
+    if config is None:  # stock vLLM: the whole request
+        return {"": len(spec.prompt) + spec.frames * tokens_per_frame(rows, cols)}
     prompts = {"": list(spec.prompt)}
     if run.endswith(":frame-parallel") and ardf_params(spec).cfg_scale != 1:
         prompts["#uncond"] = unconditional_prompt(spec.prompt)

@@ -56,6 +56,12 @@ def rss_cells(rounds: list[dict]) -> list[str]:
     return cells
 
 
+def physical_cell(run: str, last: dict) -> str:
+    if run.startswith("none:"):
+        return "– (stock vLLM: no packcache metrics)"
+    return f"{last['max_physical_tokens']} ({last['num_over_bound']} over)"
+
+
 def table_row(run: str, rounds: list[dict]) -> str:
     last = rounds[-1]
     totals = last["totals"]
@@ -71,7 +77,7 @@ def table_row(run: str, rounds: list[dict]) -> str:
         f"{totals['rejected']} / {last['bad_sent']} bad",
         totals["error"],
         last["wrong_tokens"],
-        f"{last['max_physical_tokens']} ({last['num_over_bound']} over)",
+        physical_cell(run, last),
         f"{idle_worst['running']:g} / {idle_worst['kv_usage']:g}",
         deaths,
         last["error_events"],
