@@ -248,6 +248,36 @@ def test_list_pages_and_delete(server, made):
     assert extra.id in str(caught.value)
 
 
+def test_deleting_a_running_video_aborts_it_in_the_engine(server):
+    from tests.engine.test_ardf_serve import total, wait_until_idle
+    from tests.engine.test_serve import scrape_metrics
+
+    client = client_for(server)
+    long = client.videos.create(prompt="a long slow pan", seconds=LONG_SECONDS)
+    wait_for(client, long.id, lambda v: v.model_extra["packcache"]["frames_done"] >= 1)
+    assert total(scrape_metrics(server), "vllm:num_requests_running") == 1
+    client.videos.delete(long.id)
+    wait_until_idle(server)  # no running request, the KV cache empty
+    assert long.id not in [video.id for video in client.videos.list()]
+
+
+def test_command_line_client_writes_the_files(server, tmp_path, capsys):
+    import imageio.v3 as iio
+
+    from packcache_vllm.videos.client import main
+
+    image = tmp_path / "first.png"
+    image.write_bytes(reference_image())
+    stem = tmp_path / "out" / "square"
+    main(["--url", server, "--prompt", "a red square", "--seconds", "1", "--image", str(image),
+          "--knob", "window=3", "--out", str(stem)])  # fmt: skip
+    assert iio.imread(stem.with_suffix(".mp4"), extension=".mp4").shape == (4, 128, 192, 3)
+    assert iio.imread(stem.with_name("square-thumbnail.png")).shape == (128, 192, 3)
+    assert "wrote" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="refused: .*size must be one of"):
+        main(["--url", server, "--prompt", "x", "--size", "1x1", "--out", str(stem)])
+
+
 BAD_REQUESTS = [
     ({"prompt": "  "}, 400, "prompt must be a non-empty caption"),
     ({"prompt": "x", "model": "sora-2"}, 404, "'sora-2' does not exist"),
