@@ -19,12 +19,11 @@ from pathlib import Path
 import torch
 
 from packcache_vllm.codec.frames import DecodedFrames, decode_frame_ids
-from packcache_vllm.codec.spec import codec_for
 from packcache_vllm.core.layout import tokens_per_frame
 from packcache_vllm.engine.requests import check_request
 from packcache_vllm.video.render import write_video
 from packcache_vllm.videos.jobs import CODES_FILE, JobStore
-from packcache_vllm.videos.params import ApiError, EngineSide, VideoParams
+from packcache_vllm.videos.params import ApiError, EngineSide, VideoParams, server_codec
 
 logger = logging.getLogger(__name__)
 VIDEO_STEM = "video"
@@ -87,7 +86,7 @@ def video_frames(
 def write_assets(folder: Path, engine: EngineSide, params: VideoParams, token_ids: list[int]):
     import imageio.v2 as imageio
 
-    codec = codec_for(engine.model_dir, params.shape.cell_pixels)
+    codec = server_codec(engine.model_dir, params.shape.cell_pixels)
     shape = params.shape
     frames = video_frames(
         params.first_codes, token_ids, shape.rows, shape.cols, codec.codebook_size

@@ -15,6 +15,7 @@ Every problem is an ``ApiError`` with the HTTP status, naming the field and the 
 from __future__ import annotations
 
 import base64
+import functools
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -32,6 +33,8 @@ from packcache_vllm.core.maskgit import ARDFSamplingParams
 from packcache_vllm.engine.ardf_requests import ARDF_PREFIX
 
 KNOBS_FIELD = "packcache"
+# One codec per (model dir, pixels per code) for the server's life: a learned codec loads weights.
+server_codec = functools.lru_cache(maxsize=8)(codec_for)
 OWN_KNOBS = ("mode", "frames", "temperature", "seed")
 FORM_FIELDS = ("prompt", "model", "seconds", "size")
 
@@ -211,7 +214,9 @@ def parse_video_request(
     data = image_bytes(reference)
     first_codes = None
     if data is not None:
-        first_codes = codec_for(engine.model_dir, shape.cell_pixels).encode(read_image(data, shape))
+        first_codes = server_codec(engine.model_dir, shape.cell_pixels).encode(
+            read_image(data, shape)
+        )
     try:
         prompt_ids = video_prompt(engine.model_dir, caption, shape, first_codes)
     except ValueError as err:

@@ -21,7 +21,6 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from packcache_vllm.cli import packcache_mode_from
-from packcache_vllm.codec.spec import codec_for
 from packcache_vllm.videos.driver import (
     check_for_engine,
     new_video_record,
@@ -41,6 +40,7 @@ from packcache_vllm.videos.params import (
     EngineSide,
     form_knobs,
     parse_video_request,
+    server_codec,
 )
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class VideoService:
 
     def create(self, fields: dict, knobs: dict, reference: object) -> dict:
         try:
-            codec_for(self.engine.model_dir)
+            server_codec(self.engine.model_dir, None)
         except ValueError as err:
             message = f"this server's model cannot make videos: {err}"
             raise ApiError(400, message, "model") from err
