@@ -666,7 +666,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=1000, help="requests per run")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     parser.add_argument("--round", type=int, default=50, help="requests per round (default 50)")
-    parser.add_argument("--distinct", type=int, default=48, help="distinct request specs")
+    parser.add_argument(
+        "--distinct", type=int, default=12, help="distinct request specs (the oracle: one each)"
+    )
     parser.add_argument("--max-frames", type=int, default=6, help="video length: 1..N frames")
     parser.add_argument("--abort-share", type=float, default=1 / 3, help="share abandoned")
     parser.add_argument("--bad-share", type=float, default=0.03, help="share of bad requests")
