@@ -1,5 +1,6 @@
 """SIGTERM to `vllm serve --kv-policy packcache` with streamed videos in flight: every client
-gets a terminal response (a finish reason, then the end of the stream), and the server exits.
+gets a terminal response (finish reason "abort" then the end of the stream, or vLLM's error event
+when its output handler sees the engine core die first), and the server exits.
 
 vLLM 0.32 alone (``--shutdown-timeout 0``) kills its engine core right after signalling it, so
 in-flight requests end only if the engine core happens to abort them first; with the plugin's
@@ -73,6 +74,13 @@ class StreamClient:
             self.ended.set()
 
 
+def is_engine_dead_event(error: str | None) -> bool:
+    """The error event vLLM streams when its output handler sees the killed engine core before
+    the plugin's shutdown aborts the request (a race that a loaded machine sometimes loses): also
+    a terminal response."""
+    return error is not None and error.startswith("APIError: EngineCore encountered an issue")
+
+
 def test_sigterm_gives_every_in_flight_client_a_terminal_response(
     tiny_model_dir, video_prompts, tmp_path
 ):
@@ -95,5 +103,6 @@ def test_sigterm_gives_every_in_flight_client_a_terminal_response(
         os.kill(server.pid, signal.SIGTERM)
         unanswered = [i for i, c in enumerate(clients) if not c.ended.wait(TERMINAL_RESPONSE_S)]
         assert not unanswered, f"clients {unanswered} still waiting {TERMINAL_RESPONSE_S} s on"
-        assert [(c.finish_reason, c.error) for c in clients] == [("abort", None)] * CLIENTS
+        for c in clients:  # a terminal response: aborted, or an error event if the engine died
+            assert (c.finish_reason, c.error) == ("abort", None) or is_engine_dead_event(c.error)
         server.wait(SERVER_EXIT_S)
