@@ -24,6 +24,9 @@ CLIENTS = 8
 TERMINAL_RESPONSE_S = 30  # generous: the response comes within a second on a quiet machine
 FIRST_CHUNK_S = 240  # the videos have started (a loaded machine may be slow to get there)
 SERVER_EXIT_S = 60
+# Videos of ~1,000 frames of the tiny model: no machine finishes one between the first chunk
+# and the signal (at --max-model-len 2048 a quiet machine sometimes did: finish "length").
+MAX_MODEL_LEN = 32768
 
 
 def server_process(url: str):
@@ -85,10 +88,11 @@ def test_sigterm_gives_every_in_flight_client_a_terminal_response(
     tiny_model_dir, video_prompts, tmp_path
 ):
     log_path = tmp_path / "serve.log"
-    flags = ("--kv-policy", "packcache", "--packcache-window", "2")
+    flags = ("--kv-policy", "packcache", "--packcache-window", "2",
+             "--max-model-len", str(MAX_MODEL_LEN))  # fmt: skip
     with running_server(tiny_model_dir, log_path, *flags) as url:
         server = server_process(url)
-        max_tokens = 2048 - max(map(len, video_prompts))  # far longer than the test lasts
+        max_tokens = MAX_MODEL_LEN - max(map(len, video_prompts))  # far longer than the test
         clients = [
             StreamClient(
                 url, str(tiny_model_dir), video_prompts[i % len(video_prompts)], max_tokens
