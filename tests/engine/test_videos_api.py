@@ -334,8 +334,10 @@ def test_restart_keeps_finished_videos_and_fails_the_cut_off_one(
     client = client_for(server)
     movies = {video.id: client.videos.download_content(video.id).read() for _, video in made}
     long = client.videos.create(prompt="a long slow pan", seconds=LONG_SECONDS)
-    running = wait_for(client, long.id, lambda v: v.model_extra["packcache"]["frames_done"] >= 1)
-    assert running.status == "in_progress" and 0 < running.progress < 100
+    # progress is a whole percent of the frames done: 1 % once 2 of the 160 frames are done
+    running = wait_for(client, long.id, lambda v: v.progress >= 1)
+    assert running.status == "in_progress" and running.progress < 100
+    assert running.model_extra["packcache"]["frames_done"] >= 2
     with pytest.raises(Exception) as caught:
         client.videos.download_content(long.id)
     assert caught.value.status_code == 404 and "not ready" in caught.value.message
