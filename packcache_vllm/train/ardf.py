@@ -9,7 +9,10 @@ A clip (caption + T frames) becomes one sequence of four kinds of segment (``Rol
   as ``ARDFSession.prefill_prompt`` forwards it;
 * commit f: frame f's history-masked copy (``history_mask(rows, cols, 0.7)``, the periodic
   pattern every commit uses at inference) at frame f's logical indices; it sees the text,
-  commits 0..f-1 and itself (bidirectionally): what ``ARDFSession.commit`` computes;
+  commits 0..f-1 and itself (bidirectionally): what ``ARDFSession.commit`` computes. Frame 0
+  (the conditioning frame) is committed masked too, which matches inference with
+  ``ardf_condition_mask_ratio`` 0.7, not Lumos-1's default of caching it whole (README,
+  "Quality": what that costs the checkpoints trained this way);
 * canvas f: the true frame f with a random fraction of its visual cells ``<mask>`` (MaskGIT:
   ``ceil(cos(pi/2 * u) * cells)`` of them, u ~ U(0, 1), at least one; layout tokens never
   masked) at frame f's logical indices, the ones its commit uses later, as the denoising
