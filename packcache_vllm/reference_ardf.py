@@ -41,7 +41,12 @@ import torch
 import torch.nn.functional as F
 
 from packcache_vllm.core.budget import PackCacheConfig
-from packcache_vllm.core.layout import LUMOS_TOKENS, FrameLayout, find_frame_start
+from packcache_vllm.core.layout import (
+    LUMOS_TOKENS,
+    FrameLayout,
+    find_frame_start,
+    unconditional_prompt,  # re-exported: the oracle's callers import it from here
+)
 from packcache_vllm.core.maskgit import (
     ARDFSamplingParams,
     CanvasProgress,
@@ -69,17 +74,6 @@ class FrameAttention(enum.Enum):
 
     BIDIRECTIONAL = "bidirectional"  # Lumos-1: every token of the frame sees the whole frame
     CAUSAL = "causal"  # a control: what an engine that forgot the per-request flag computes
-
-
-def unconditional_prompt(prompt_ids: Sequence[int]) -> list[int]:
-    """The unconditional twin's prompt: ``prompt_ids`` from its ``<video_start>`` on."""
-    prompt = list(prompt_ids)
-    if LUMOS_TOKENS.video_start not in prompt:
-        raise ValueError(
-            f"a frame-parallel prompt needs a <video_start> token ({LUMOS_TOKENS.video_start}) "
-            "before its frames: the unconditional twin starts there"
-        )
-    return prompt[prompt.index(LUMOS_TOKENS.video_start) :]
 
 
 class ARDFSession(ReferenceSession):

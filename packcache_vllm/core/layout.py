@@ -74,6 +74,20 @@ def find_frame_start(prompt: list[int], tokens: LumosTokenIds = LUMOS_TOKENS) ->
         return len(prompt)
 
 
+def unconditional_prompt(
+    prompt_ids: Sequence[int], tokens: LumosTokenIds = LUMOS_TOKENS
+) -> list[int]:
+    """The unconditional (classifier-free guidance) twin's prompt: ``prompt_ids`` from its
+    ``<video_start>`` on (the same video tokens without the text)."""
+    prompt = list(prompt_ids)
+    if tokens.video_start not in prompt:
+        raise ValueError(
+            f"a frame-parallel prompt needs a <video_start> token ({tokens.video_start}) "
+            "before its frames: the unconditional twin starts there"
+        )
+    return prompt[prompt.index(tokens.video_start) :]
+
+
 def tokens_per_frame(rows: int, cols: int) -> int:
     return rows * (cols + 1) + NUM_LEADING_MARKERS + 1
 

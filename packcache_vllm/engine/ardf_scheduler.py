@@ -33,11 +33,10 @@ from __future__ import annotations
 
 from vllm.v1.request import RequestStatus
 
-from packcache_vllm.core.layout import LUMOS_TOKENS, tokens_per_frame
+from packcache_vllm.core.layout import LUMOS_TOKENS, tokens_per_frame, unconditional_prompt
 from packcache_vllm.engine import compat, faults, twins
 from packcache_vllm.engine.ardf_requests import ardf_params_of
 from packcache_vllm.engine.scheduler import PackCacheScheduler
-from packcache_vllm.reference_ardf import unconditional_prompt
 
 logger = compat.vllm_logger(__name__)
 

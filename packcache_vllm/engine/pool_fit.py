@@ -23,9 +23,8 @@ from vllm.utils.math_utils import cdiv
 
 from packcache_vllm.cli import FRAME_PARALLEL, packcache_mode_from
 from packcache_vllm.core.budget import PackCacheConfig, bound_tokens
-from packcache_vllm.core.layout import FrameLayout
+from packcache_vllm.core.layout import FrameLayout, unconditional_prompt
 from packcache_vllm.engine import twins
-from packcache_vllm.reference_ardf import unconditional_prompt
 
 
 @dataclass(frozen=True)

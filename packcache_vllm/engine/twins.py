@@ -1,7 +1,7 @@
 """The unconditional twin of a frame-parallel request with classifier-free guidance.
 
 A request with ``cfg_scale != 1`` gets a hidden engine request, its twin: the same video tokens
-without the text (``reference_ardf.unconditional_prompt``: the prompt from ``<video_start>``
+without the text (``core.layout.unconditional_prompt``: the prompt from ``<video_start>``
 on), the same sampler knobs, its own positions, blocks and PackCache state. The scheduler adds
 it with its request, schedules the two canvases in the same step, counts both in admission,
 finishes and aborts them together and keeps the twin's outputs from the API; the runner feeds
