@@ -32,7 +32,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -208,20 +208,9 @@ def settings(args) -> list[Setting]:
 def heldout_clips(model_dir: Path, frames: int, scenes: int):
     """Held-out scene clips of frames + 1 frames whose prompt carries the training clips'
     duration token (the model saw no other)."""
-    from packcache_vllm.video.scene import random_scene, render_clip
-    from packcache_vllm.video.tokens import SceneClip, frames_tokens, scene_prompt
+    from packcache_vllm.video.heldout import model_heldout_clips
 
-    config = json.loads((model_dir / "config.json").read_text())
-    trained_frames = json.loads((model_dir / "training.json").read_text())["config"]["clip"][
-        "num_frames"
-    ]
-    clips = []
-    for i in range(scenes):
-        scene = random_scene(f"heldout-{i}", config["video_rows"], config["video_cols"], frames + 1)
-        truth = render_clip(scene)
-        prompt = scene_prompt(replace(scene, num_frames=trained_frames), truth[0])
-        clips.append(SceneClip(scene, truth, prompt, frames_tokens(truth[1:])))
-    return clips
+    return model_heldout_clips(model_dir, frames, scenes)
 
 
 # --- generation (child process) ------------------------------------------------------------------

@@ -27,9 +27,10 @@ no affine) times/plus weights ``[model_parallel_size, head_dim]`` shared by each
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
@@ -320,17 +321,25 @@ def project_qkv(
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    allowed: torch.Tensor,
+    probe: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Softmax attention with GQA. q: [N, H, hd] and k: [M, KV, hd] (both rotated), v: [M, KV, hd],
-    allowed: [N, M] bool. Returns [N, H * hd]; softmax in float32."""
+    allowed: [N, M] bool. Returns [N, H * hd]; softmax in float32. ``probe``, if given, is called
+    with the float32 probabilities [H, N, M] (calibration reads them)."""
     n, heads, hd = q.shape
     group = heads // k.shape[1]
     k = k.repeat_interleave(group, dim=1)
     v = v.repeat_interleave(group, dim=1)
     scores = torch.einsum("nhd,mhd->hnm", q.float(), k.float()) / math.sqrt(hd)
     scores = scores.masked_fill(~allowed, float("-inf"))
-    probs = scores.softmax(dim=-1).to(v.dtype)
+    probs = scores.softmax(dim=-1)
+    if probe is not None:
+        probe(probs)
+    probs = probs.to(v.dtype)
     return torch.einsum("hnm,mhd->nhd", probs, v).reshape(n, heads * hd)
 
 
@@ -696,6 +705,8 @@ class ReferenceVideoModel:
         if not config_path.is_file():
             raise ValueError(f"{path} has no config.json")
         config = ReferenceConfig.from_dict(json.loads(config_path.read_text()))
+        # Called per layer of every forward with (layer, probabilities [H, N, M]); None: off.
+        self.attention_probe: Callable[[int, torch.Tensor], None] | None = None
         tensors = load_checkpoint_tensors(path)
         check_tensors(tensors, config)
         return cls(config, build_weights(tensors, config, dtype), dtype)
@@ -779,7 +790,9 @@ class ReferenceVideoModel:
         cache.values[layer] = values = torch.cat([cache.values[layer], v])
         if not step.keys_rotated:
             keys = rotate(keys, cos_k, sin_k)
-        out = attend(rotate(q, *step.query), keys, values, step.allowed)
+        probe = self.attention_probe
+        probe = None if probe is None else functools.partial(probe, layer)
+        out = attend(rotate(q, *step.query), keys, values, step.allowed, probe)
         return F.linear(out, w.o, w.o_bias)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
