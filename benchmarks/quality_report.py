@@ -1,12 +1,15 @@
 """Quality records -> one summary per (mode, setting): per-frame means over scenes, drift, the
-matching speed row of ``benchmarks/run.py`` if given; a markdown table and PNG plots."""
+matching speed row of ``benchmarks/run.py`` if given, bootstrap intervals over scenes
+(``quality_stats``); a markdown table and PNG plots."""
 
 from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from quality_stats import LEVEL, Interval, bootstrap_mean, paired_difference, per_scene
 
 MEASURES = ("cell_accuracy", "background_accuracy", "position_error", "lost_fraction")
 
@@ -26,6 +29,9 @@ class Summary:
     last: float  # ... over the last `drift` frames
     speedup: float | None  # end-to-end time of the full cache / this setting (benchmarks/run.py)
     speed_workload: str | None
+    scenes: dict[str, dict[int, float]] = field(default_factory=dict)  # quality_stats.per_scene
+    intervals: dict[str, Interval] = field(default_factory=dict)  # statistic -> over scenes
+    last_vs_full: Interval | None = None  # last-8 accuracy minus the full cache's, paired
 
     def mean(self, measure: str) -> float:
         return nanmean(self.curves[measure])
@@ -48,6 +54,7 @@ def summarise(records: list[dict], drift: int, speed_rows: list) -> list[Summary
         }
         first = group[0]
         speedup, workload = match_speed(first, speed_rows)
+        scenes = per_scene(group, drift)
         summaries.append(
             Summary(
                 mode=mode,
@@ -63,9 +70,21 @@ def summarise(records: list[dict], drift: int, speed_rows: list) -> list[Summary
                 last=statistics.mean(curves["cell_accuracy"][-drift:]),
                 speedup=speedup,
                 speed_workload=workload,
+                scenes=scenes,
+                intervals={name: bootstrap_mean(list(v.values())) for name, v in scenes.items()},
             )
         )
-    return summaries
+    return [with_full_difference(s, summaries) for s in summaries]
+
+
+def with_full_difference(summary: Summary, summaries: list[Summary]) -> Summary:
+    """The summary with its paired last-8 difference to the same mode's full cache."""
+    full = next((s for s in summaries if (s.mode, s.label) == (summary.mode, "full")), None)
+    if full is None or full is summary or not summary.scenes:
+        return summary
+    return replace(
+        summary, last_vs_full=paired_difference(summary.scenes["last"], full.scenes["last"])
+    )
 
 
 def matching_quality(
@@ -113,11 +132,12 @@ def match_speed(record: dict, speed_rows: list) -> tuple[float | None, str | Non
 
 
 def table(summaries: list[Summary]) -> str:
+    level = f"{LEVEL:.0%}"
     head = (
         "| mode | setting | W | ρ | b_min | history (frames) | cell acc | first 8 "
-        "| last 8 | background acc | position error (cells) | objects lost | end-to-end vs full |\n"
-        + "|---" * 13
-        + "|\n"
+        f"| last 8 [{level} CI] | last 8 − full, paired [{level} CI] "
+        f"| drift first − last 8 [{level} CI] | background acc | position error (cells) "
+        f"| objects lost [{level} CI] | end-to-end vs full |\n" + "|---" * 15 + "|\n"
     )
     lines = []
     for s in summaries:
@@ -131,10 +151,12 @@ def table(summaries: list[Summary]) -> str:
             fmt(s.history_frames),
             pct(s.mean("cell_accuracy")),
             pct(s.first),
-            pct(s.last),
+            with_interval(s.last, s.intervals.get("last")),
+            "–" if s.last_vs_full is None else interval_points(s.last_vs_full),
+            with_interval(s.first - s.last, s.intervals.get("drift")),
             pct(s.mean("background_accuracy")),
             f"{s.mean('position_error'):.2f}",
-            pct(s.mean("lost_fraction")),
+            with_interval(s.mean("lost_fraction"), s.intervals.get("lost")),
             speed,
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -149,6 +171,18 @@ def fmt(value) -> str:
 
 def pct(value: float) -> str:
     return f"{100 * value:.1f} %"
+
+
+def with_interval(value: float, interval: Interval | None) -> str:
+    """``value`` in %, and the interval over scenes if there is one."""
+    if interval is None or interval.n < 2:
+        return pct(value)
+    return f"{pct(value)} [{100 * interval.low:.1f}, {100 * interval.high:.1f}]"
+
+
+def interval_points(interval: Interval) -> str:
+    """A difference in percentage points with its interval."""
+    return f"{100 * interval.mean:+.1f} [{100 * interval.low:+.1f}, {100 * interval.high:+.1f}]"
 
 
 # --- plots ---------------------------------------------------------------------------------------
