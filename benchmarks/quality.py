@@ -181,7 +181,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--append",
         action="store_true",
-        help="keep --out's quality.jsonl records of the other modes (run modes one at a time)",
+        help="keep --out's quality.jsonl records of every mode and setting this run does not "
+        "generate (run modes or settings a few at a time; same --frames)",
     )
     parser.add_argument(
         "--report-only",
@@ -442,13 +443,15 @@ def main(argv=None) -> None:
     if args.report_only:
         records = read_jsonl(path)
     else:
-        earlier = read_jsonl(path) if args.append and path.is_file() else []
-        kept = [r for r in earlier if r["mode"] not in args.modes]
-        records = kept or baseline_records(model_for(args.modes[0], args), args.frames, args.scenes)
-        for job in tqdm(jobs(args), desc="settings", unit="run"):
-            records += run_child(job)
+        planned = jobs(args)
+        records = kept_records(path, args, planned) if args.append and path.is_file() else []
+        records = records or baseline_records(
+            model_for(args.modes[0], args), args.frames, args.scenes
+        )
         args.out.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(record) + "\n" for record in records))
+        for job in tqdm(planned, desc="settings", unit="run"):
+            records += run_child(job)
+            path.write_text("".join(json.dumps(record) + "\n" for record in records))  # as it goes
     summaries = summarise(records, DRIFT_FRAMES, speed_rows(args.speed))
     text = header(records) + table(summaries)
     (args.out / "quality.md").write_text(text)
@@ -457,6 +460,17 @@ def main(argv=None) -> None:
         written.append(plot_quality_vs_speed(summaries, args.out))
     print(text)
     print("written:", args.out / "quality.jsonl", args.out / "quality.md", *written)
+
+
+def kept_records(path: Path, args, planned: list[Job]) -> list[dict]:
+    """``path``'s records of the modes and settings ``planned`` does not generate again; they must
+    have ``args.frames`` frames."""
+    rerun = {(job.mode, job.setting.label) for job in planned}
+    kept = [r for r in read_jsonl(path) if (r["mode"], r["label"]) not in rerun]
+    other = sorted({len(r["cell_accuracy"]) for r in kept} - {args.frames})
+    if other:
+        raise SystemExit(f"{path} holds videos of {other} frames; this run makes {args.frames}")
+    return kept
 
 
 def speed_rows(path: Path | None) -> list:
