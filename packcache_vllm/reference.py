@@ -416,6 +416,10 @@ class KeepPolicy(Protocol):
     of the frame that just completed: one [F, KV, hd] QK-normed key tensor per layer (pre-RoPE
     under RebaseMode.POSITIONS, rotated otherwise: the same L2 norms). Kept sets may only shrink
     over time: evicted KV is gone.
+
+    Optionally ``eviction_layout(layout) -> FrameLayout``: the layout the session evicts by, with
+    the policy's sink frames among the anchors (kept whole, rebased with the prompt); frames are
+    then counted from the first one after the sinks.
     """
 
     def kept_history(
@@ -466,11 +470,20 @@ class PackCachePolicy:
 
     @property
     def selector(self):
+        """The config's ``make_selector()`` (``core.budget.PackCacheConfig`` and its policy
+        subclasses), or the selector its ``selector`` names (a plain budget-like config)."""
         if self._selector is None:
             from packcache_vllm.core.select import make_selector
 
-            self._selector = make_selector(self.config.selector)
+            make = getattr(self.config, "make_selector", None)
+            self._selector = make() if make is not None else make_selector(self.config.selector)
         return self._selector
+
+    def eviction_layout(self, layout: FrameLayout) -> FrameLayout:
+        """The layout eviction sees: a policy's sink frames join the prompt's anchors (a config
+        without ``eviction_layout`` has none)."""
+        of_config = getattr(self.config, "eviction_layout", None)
+        return of_config(layout) if of_config is not None else layout
 
     def kept_history(
         self,
@@ -566,6 +579,7 @@ class ReferenceSession:
     policy: KeepPolicy | None = None
     rebase: RebaseMode = RebaseMode.POSITIONS
     cache: KVCache = field(init=False)
+    prompt_len: int = field(default=0, init=False)  # ``layout`` becomes the eviction layout
     dropped_frames: int = field(default=0, init=False)
     num_tokens: int = field(default=0, init=False)
     complete_frames: int = field(default=0, init=False)
@@ -574,6 +588,10 @@ class ReferenceSession:
 
     def __post_init__(self) -> None:
         self.cache = KVCache.empty(self.model.config, self.model.dtype)
+        self.prompt_len = self.layout.anchor_len
+        eviction_layout = getattr(self.policy, "eviction_layout", None)  # optional in KeepPolicy
+        if eviction_layout is not None:  # sink frames join the prompt's anchors
+            self.layout = eviction_layout(self.layout)
         if self.rebase is RebaseMode.ROTATE_ANCHORS and not self.model.rope.rebases_time:
             raise ValueError(
                 f"RebaseMode.ROTATE_ANCHORS: {time_rebase_refusal(self.model.config.head_dim)}; "
@@ -587,10 +605,10 @@ class ReferenceSession:
             raise ValueError("prefill must be the session's first call")
         if not prompt_ids:
             raise ValueError("the prompt must hold at least one token")
-        if self.policy is not None and len(prompt_ids) != self.layout.anchor_len:
+        if self.policy is not None and len(prompt_ids) != self.prompt_len:
             raise ValueError(
                 f"with a policy the prefill must be the prompt: {len(prompt_ids)} tokens given, "
-                f"layout.anchor_len is {self.layout.anchor_len}"
+                f"layout.anchor_len is {self.prompt_len}"
             )
         logits = self._forward(prompt_ids, last_only=not all_logits)
         return logits if all_logits else logits[-1]

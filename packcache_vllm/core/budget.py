@@ -17,9 +17,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from numbers import Integral, Real
+from typing import ClassVar
 
 from packcache_vllm.core.layout import FrameLayout
-from packcache_vllm.core.select import SELECTORS
+from packcache_vllm.core.select import SELECTORS, Selector, make_selector
 
 PRESETS = ("full", "sliding", "packcache")
 PACKCACHE_WINDOW = 4
@@ -33,12 +34,20 @@ _ROUNDING_SLACK = 1e-9
 
 @dataclass(frozen=True)
 class PackCacheConfig:
-    """The PackCache policy. Defaults are the ``packcache`` preset (W=4, rho=1/2, b_min=3/4)."""
+    """The PackCache policy. Defaults are the ``packcache`` preset (W=4, rho=1/2, b_min=3/4).
+
+    The other frame budgets (``core/policies/``) are subclasses: they change which frames count
+    as anchors (``sink_frames``), whether the newest W frames stay whole until W exist
+    (``fill_phase``), or how a thinned frame's tokens are ranked (``make_selector``).
+    """
 
     window: int | None = PACKCACHE_WINDOW
     decay: float = PACKCACHE_DECAY
     min_keep: float = PACKCACHE_FRAMES_WORTH / PACKCACHE_WINDOW
     selector: str = "uniform"
+
+    # Fill phase: while at most W generated frames are complete, every one is kept whole.
+    fill_phase: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _check_window(self.window)
@@ -49,6 +58,39 @@ class PackCacheConfig:
             raise ValueError(
                 f"packcache selector must be one of {sorted(SELECTORS)}, got {self.selector!r}"
             )
+
+    @property
+    def sink_frames(self) -> int:
+        """Generated frames, the first ones, kept whole forever beside the prompt's anchors."""
+        return 0
+
+    def eviction_layout(self, layout: FrameLayout) -> FrameLayout:
+        """The request's layout as eviction sees it: the sink frames join the anchors (kept
+        whole, never moved, rebased in time with the prompt); generated frame 0 of the budget is
+        the first frame after them."""
+        if not self.sink_frames:
+            return layout
+        sinks_len = self.sink_frames * layout.tokens_per_frame
+        return replace(layout, anchor_len=layout.anchor_len + sinks_len)
+
+    def make_selector(self) -> Selector:
+        """The selector that ranks a thinned frame's tokens (``select.py``)."""
+        return make_selector(self.selector)
+
+    def max_history_tokens(self, tokens_per_frame: int) -> int | None:
+        """The most tokens the complete generated frames past the sinks ever keep at once (the
+        fill phase's W whole frames, or the steady state's sum); None when unbounded."""
+        if self.window is None:
+            return None
+        if self.fill_phase:
+            return self.window * tokens_per_frame
+        total = 0
+        for distance in range(self.window):  # shares shrink with distance, to 1 token at least
+            kept = self._keep_at(distance, tokens_per_frame)
+            if kept == 1:
+                return total + self.window - distance
+            total += kept
+        return total
 
     @classmethod
     def preset(cls, name: str, **overrides: object) -> PackCacheConfig:
@@ -97,14 +139,15 @@ class PackCacheConfig:
     def keep_counts(self, num_complete_frames: int, tokens_per_frame: int) -> tuple[int, ...]:
         """Tokens kept by each of the ``num_complete_frames`` generated frames, oldest first.
 
-        Fill phase (window None, or at most W complete frames): every frame keeps all F tokens.
+        Fill phase (window None, or at most W complete frames, where ``fill_phase``): every frame
+        keeps all F tokens.
         After it, the frame at distance d (d = 0 is the newest) keeps
         min(F, ceil(F * max(rho^min(d, W-1), b_min))) tokens, at least 1, and 0 once d >= W.
         """
         _check_count("num_complete_frames", num_complete_frames, 0)
         _check_count("tokens_per_frame", tokens_per_frame, 1)
         n, frame_len = num_complete_frames, tokens_per_frame
-        if self.window is None or n <= self.window:
+        if self.window is None or (self.fill_phase and n <= self.window):
             return (frame_len,) * n
         return tuple(self._keep_at(n - 1 - i, frame_len) for i in range(n))
 
@@ -161,15 +204,43 @@ def _check_fraction(knob: str, value: object, allow_zero: bool) -> float:
     return float(value)
 
 
+def check_count_knob(name: str, value: object, minimum: int) -> int:
+    """A policy's integer knob: ValueError "<name> must be an integer >= <minimum>, got ..."."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_fraction_knob(name: str, value: object) -> float:
+    """A policy's share knob in (0, 1], as a float; ValueError naming it, the value, the range."""
+    if not (_is_real(value) and 0 < value <= 1):
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def check_open_fraction(name: str, value: object) -> float:
+    """A policy's ratio knob in (0, 1), as a float; ValueError naming it, the value, the range."""
+    if not (_is_real(value) and 0 < value < 1):
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
+    return float(value)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_count(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def bound_tokens(layout: FrameLayout, config: PackCacheConfig, max_tokens: int) -> int:
-    """The most tokens a request's cache ever holds: anchors + W frames + the current frame
-    (or the whole request, if shorter)."""
+    """The most tokens a request's cache ever holds: anchors + sink frames + the most history
+    the budget keeps (W whole frames with a fill phase) + the current frame (or the whole
+    request, if shorter). ``layout``: the prompt's layout."""
     longest = layout.anchor_len + max_tokens
     if not config.is_bounded:
         return longest
-    return min(longest, layout.anchor_len + (config.window + 1) * layout.tokens_per_frame)
+    frame_len = layout.tokens_per_frame
+    kept = config.sink_frames * frame_len + config.max_history_tokens(frame_len) + frame_len
+    return min(longest, layout.anchor_len + kept)

@@ -78,6 +78,12 @@ class RequestKV:
 
 
 class PackCacheScheduler(Scheduler):
+    @property
+    def eviction_layout(self) -> FrameLayout:
+        """``layout`` with the policy's sink frames among the anchors (``layout`` itself when
+        it has none): what the physical state and the plans count from."""
+        return self.config.eviction_layout(self.layout)
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.packcache: PackCacheConfig = scheduler_policy(self.vllm_config)
@@ -216,6 +222,8 @@ class PackCacheScheduler(Scheduler):
             return None
         faults.inject("planning", request.request_id, request.sampling_params)
         return self.compact(request.request_id, kv, logical_len)
+        if logical_len < kv.state.anchor_len:
+            return None  # the policy's sink frames are not complete yet
 
     def compact(self, request_id: str, kv: RequestKV, logical_len: int) -> WorkerPlan:
         blocks = self.block_manager.req_to_blocks[request_id]
@@ -255,7 +263,7 @@ class PackCacheScheduler(Scheduler):
             len(freed),
             plan.num_blocks_kept,
         )
-        return self.worker_plan(plan, old_ids, kv.layout, frames_to_order)
+        return self.worker_plan(plan, old_ids, kv.eviction_layout, frames_to_order)
 
     def worker_plan(
         self,
@@ -287,7 +295,8 @@ class PackCacheScheduler(Scheduler):
             order = list(range(kv.layout.tokens_per_frame))
         else:
             order = selector.order(self.frame_rows, self.frame_cols).tolist()
-        complete = kv.layout.num_complete_frames(logical_len) - kv.layout.num_anchor_frames
+        layout = kv.eviction_layout
+        complete = layout.num_complete_frames(logical_len) - layout.num_anchor_frames
         return dict.fromkeys(range(complete), order)
 
     def frames_to_order(
@@ -313,7 +322,8 @@ class PackCacheScheduler(Scheduler):
         if kv is None:
             layout = video_layout(self.vllm_config, request.prompt_token_ids)
             config = request_policy(self.packcache, request.sampling_params)
-            kv = RequestKV(layout, config, PhysicalState.initial(layout.anchor_len))
+            anchor_len = config.eviction_layout(layout).anchor_len
+            kv = RequestKV(layout, config, PhysicalState.initial(anchor_len))
             self.request_kv[request.request_id] = kv
         return kv
 

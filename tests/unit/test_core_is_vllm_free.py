@@ -11,13 +11,15 @@ import packcache_vllm.core
 
 CORE_DIR = Path(packcache_vllm.core.__file__).parent
 CORE_MODULES = sorted(
-    f"packcache_vllm.core.{path.stem}" for path in CORE_DIR.glob("*.py") if path.stem != "__init__"
+    "packcache_vllm.core." + ".".join(path.relative_to(CORE_DIR).with_suffix("").parts)
+    for path in CORE_DIR.rglob("*.py")
+    if path.stem != "__init__"
 )
 VLLM_IMPORT = re.compile(r"^\s*(import\s+vllm\b|from\s+vllm\b)", re.MULTILINE)
 
 
 def test_all_core_modules_are_checked():
-    expected = {"layout", "rope", "position_code", "budget", "select", "plan"}
+    expected = {"layout", "rope", "position_code", "budget", "select", "plan", "geometric"}
     assert {name.rsplit(".", 1)[1] for name in CORE_MODULES} >= expected
 
 
@@ -34,6 +36,6 @@ def test_importing_core_does_not_import_vllm():
 
 def test_core_sources_never_import_vllm():
     offenders = [
-        path.name for path in CORE_DIR.glob("*.py") if VLLM_IMPORT.search(path.read_text())
+        path.name for path in CORE_DIR.rglob("*.py") if VLLM_IMPORT.search(path.read_text())
     ]
     assert offenders == []
