@@ -70,14 +70,17 @@ class Setting:
         return text if self.selector == "uniform" else f"{text} {self.selector}"
 
     def knobs(self) -> dict:
-        """The preset's overrides (``PackCacheConfig.preset``, ``cli.engine_overrides``)."""
+        """The knobs given (``cli.policy_config``, ``cli.engine_overrides``): window and selector
+        only when set, so a policy without them takes the rest."""
         window = {} if self.window is None else {"window": self.window}
-        return {**window, "selector": self.selector, **dict(self.extra)}
+        selector = {} if self.selector == "uniform" else {"selector": self.selector}
+        return {**window, **selector, **dict(self.extra)}
 
     def config(self):
-        from packcache_vllm.core.budget import PackCacheConfig
+        """The policy with these knobs, validated as ``--kv-policy`` validates it."""
+        from packcache_vllm.cli import KEYWORD_NAMING, policy_config
 
-        return PackCacheConfig.preset(self.policy, **self.knobs())
+        return policy_config(self.policy, self.knobs(), KEYWORD_NAMING)
 
 
 @dataclass(frozen=True)
