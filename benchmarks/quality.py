@@ -21,8 +21,9 @@ Every setting runs in vLLM with the plugin, one child process per setting (all s
 Next-token decoding is float32 greedy; frame-parallel is seeded MaskGIT (``--steps-per-frame``,
 ``--cfg-scale``, ``--top-k``, ``--temperature``).
 
-The model was trained on clips of a few frames, so every video here runs far past the longest
-clip it saw; the prompt carries the training clips' duration token (the only one it knows).
+The default models were trained on clips of 6 frames, so a 48-frame video runs far past the
+longest clip they saw; ``checkpoints/lumos-motion-8x12-clip25`` saw clips of 25 frames (ask it for
+``--frames 24``). The prompt carries the training clips' duration token (the only one it knows).
 
 Writes under ``--out`` (default benchmarks/results/quality/): quality.jsonl (one line per
 setting and scene, per-frame measures), quality.md (the table), quality_<mode>.png (drift

@@ -20,6 +20,8 @@ Let h(k) be the mean attention mass on the history frame k frames before the new
 * W: the fewest frames holding ``--mass-quantile`` (0.9) of the history mass, at least ⌈X⌉
   (with more memory than that, keeping X frames whole covers more mass);
 * ρ: the measured per-frame decay, exp of the least-squares slope of log h(k) over k < W;
+  (``--max-window`` caps it: until W frames exist the fill phase keeps them all whole, so W + 1
+  frames is the request's peak, whatever the steady state);
 * b_min: the floor that makes the budget exactly X (bisection; the share is monotone in it).
   If even b_min = 0 keeps more than X, ρ is lowered until b_min = 0 fits.
 
@@ -194,14 +196,19 @@ def history_mass_kept(config: PackCacheConfig, history: list[float]) -> float:
     return kept / sum(history)
 
 
-def recommend(history: list[float], target: float, quantile: float = 0.9) -> Recommendation:
-    """W, ρ, b_min for a budget of ``target`` frames' worth of history (module docstring)."""
-    if not 1 <= target <= len(history):
+def recommend(
+    history: list[float], target: float, quantile: float = 0.9, max_window: int | None = None
+) -> Recommendation:
+    """W, ρ, b_min for a budget of ``target`` frames' worth of history (module docstring);
+    ``max_window`` caps W (the fill phase holds W whole frames: the peak)."""
+    longest = len(history) if max_window is None else min(max_window, len(history))
+    if not 1 <= target <= longest:
         raise ValueError(
-            f"target must lie in [1, {len(history)}] frames (the history measured), got {target}"
+            f"target must lie in [1, {longest}] frames (the history measured, at most "
+            f"max_window), got {target}"
         )
     window = max(mass_quantile_window(history, quantile), math.ceil(target - 1e-9))
-    window = min(window, len(history))
+    window = min(window, longest)
     while window > 1 and _budget(window, MIN_DECAY, 0.0) > target:
         window -= 1  # X barely above one frame: only W = 1 fits
     decay = fitted_decay(history, window)
@@ -358,6 +365,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="memory targets X, frames' worth of history (2 4)",
     )
     parser.add_argument("--mass-quantile", type=float, default=0.9)
+    parser.add_argument(
+        "--max-window",
+        type=int,
+        default=None,
+        help="cap on W (the fill phase keeps W whole frames: the peak); default the history",
+    )
     parser.add_argument("--source", choices=("truth", "generated"), default="truth")
     parser.add_argument("--chunk", type=int, default=512, help="queries per forward")
     parser.add_argument("--device", default="cpu")
@@ -383,9 +396,12 @@ def main(argv=None) -> None:
     clips = model_heldout_clips(args.model, args.frames, args.prompts)
     result = profile(measure(model, clips, args.source, args.chunk))
     history = result["by_distance"][1:]
-    recs = [recommend(history, x, args.mass_quantile) for x in args.target_kv_frames]
+    recs = [
+        recommend(history, x, args.mass_quantile, args.max_window) for x in args.target_kv_frames
+    ]
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
+        "max_window": args.max_window,
         "model": str(args.model),
         "prompts": args.prompts,
         "frames": args.frames,

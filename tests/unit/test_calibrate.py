@@ -133,3 +133,13 @@ def test_a_flat_curve_spreads_the_budget_over_the_whole_history():
 def test_a_target_outside_the_measured_history_is_refused():
     with pytest.raises(ValueError, match=r"target must lie in \[1, 3\]"):
         recommend([0.5, 0.3, 0.2], 4.0)
+    with pytest.raises(ValueError, match=r"target must lie in \[1, 2\]"):
+        recommend([0.5, 0.3, 0.2], 2.5, max_window=2)
+
+
+def test_max_window_caps_the_fill_phase_peak():
+    rec = recommend([0.1] * 10, 2.0, max_window=4)
+    assert rec.window == 4
+    assert PackCacheConfig(4, rec.decay, rec.min_keep).steady_state_frames() == pytest.approx(
+        2.0, abs=1e-3
+    )
