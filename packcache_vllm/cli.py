@@ -29,6 +29,7 @@ from typing import Any
 
 from packcache_vllm.core.budget import PRESETS, PackCacheConfig
 from packcache_vllm.core.select import SELECTORS
+from packcache_vllm.engine.attention_backend import frame_parallel_backend_settings
 
 NO_POLICY = "none"
 POLICIES = (NO_POLICY, *PRESETS)
@@ -58,7 +59,10 @@ MODE_KEY = "mode"
 MODE_FLAG = "--packcache-mode"
 MODE_DEST = "packcache_mode"
 FRAME_PARALLEL_SCHEDULER_CLS = "packcache_vllm.engine.ardf_scheduler.ARDFScheduler"
-FRAME_PARALLEL_WORKER_CLS_BY_DEVICE = {"cpu": "packcache_vllm.engine.ardf_worker.ARDFCPUWorker"}
+FRAME_PARALLEL_WORKER_CLS_BY_DEVICE = {
+    "cpu": "packcache_vllm.engine.ardf_worker.ARDFCPUWorker",
+    "cuda": "packcache_vllm.engine.ardf_gpu_worker.ARDFGPUWorker",
+}
 # On CUDA, PackCache hooks vLLM's V1 model runner (vLLM 0.32 defaults to V2 there) and runs
 # without async scheduling (a compaction's moves must see the previous step's KV writes and its
 # freed blocks must not be handed out while that step may still read them).
@@ -202,6 +206,8 @@ def expand(
     scheduler_cls, worker_cls = engine_classes(mode, device)
     check_engine_settings(policy, engine_settings, scheduler_cls, worker_cls)
     device_settings = check_device_settings(policy, device, engine_settings)
+    if mode == FRAME_PARALLEL and device == "cuda":  # its attention backend (attention_backend.py)
+        device_settings.update(frame_parallel_backend_settings(engine_settings))
     check_block_size(policy, device, engine_settings.get("block_size"))
     return {
         "scheduler_cls": scheduler_cls,
@@ -331,6 +337,8 @@ ENGINE_SETTING_FIELDS = (
     "scheduler_cls",
     "worker_cls",
     "additional_config",
+    "attention_backend",
+    "attention_config",
 )
 
 

@@ -1,4 +1,6 @@
-"""The V1 CPU model runner for frame-parallel (AR-DF) generation, on top of PackCache's runner.
+"""The V1 model runner for frame-parallel (AR-DF) generation, on top of PackCache's runner: the
+device-generic ``ARDFRunnerMixin``, on vLLM's V1 CPU runner here and on the V1 GPU runner in
+``ardf_gpu_runner``.
 
 Per step, each scheduled request is one of (``RowKind``):
 
@@ -18,8 +20,10 @@ Hooks (vLLM 0.32 V1 runner internals, see patches/README.md):
 
 1. ``_prepare_inputs`` (before vLLM's): write each row's input ids into ``token_ids_cpu`` over
    vLLM's placeholders, and fill the per-request causal flags;
-2. attention-metadata builders (``compat.wrap_attention_builders``): the flags replace vLLM's
-   ``causal=True``, so CPU_ATTN runs the canvas rows non-causally (``dynamic_causal``);
+2. attention-metadata builders (``compat.wrap_attention_builders``): the flags
+   (``causal_flags``, on the runner's device) replace vLLM's ``causal=True``, so CPU_ATTN
+   (``dynamic_causal``) or, on CUDA, TRITON_ATTN (``per_seq_causal_ptr``) runs the canvas rows
+   non-causally;
 3. ``_bookkeeping_sync``: vLLM's own sampled token is discarded for every row; the DENOISE rows'
    hidden states go through the visual rows of the LM head and one batched
    ``core.maskgit.denoise_step``; COMMIT rows emit their frame.
@@ -50,6 +54,7 @@ from packcache_vllm.core.maskgit import (
 from packcache_vllm.engine import compat, twins
 from packcache_vllm.engine.ardf_requests import ardf_params_of
 from packcache_vllm.engine.ardf_state import CanvasState, FinishedTraces
+from packcache_vllm.engine.causal_flags import CausalFlags
 from packcache_vllm.engine.runner import PackCacheCPUModelRunner
 from packcache_vllm.model.config_hook import frame_grid
 
@@ -89,18 +94,14 @@ class ARDFRunnerMixin:
         self.canvases: dict[str, CanvasState] = {}
         self.finished_traces = FinishedTraces()
         self.step_rows: tuple[StepRow, ...] = ()
-        self.frame_causal: torch.Tensor | None = None  # [num_reqs] int32, None: all causal
+        self.causal_flags = CausalFlags(self._make_buffer(self.max_num_reqs, dtype=torch.int32))
 
     def initialize_kv_cache(self, *args, **kwargs) -> None:
         super().initialize_kv_cache(*args, **kwargs)
         compat.wrap_attention_builders(self, self.causal_rows)
 
     def causal_rows(self, num_reqs: int) -> torch.Tensor | None:
-        if self.frame_causal is None:
-            return None
-        flags = torch.ones(num_reqs, dtype=torch.int32)
-        flags[: min(num_reqs, self.frame_causal.numel())] = self.frame_causal[:num_reqs]
-        return flags
+        return self.causal_flags.rows(num_reqs)  # [num_reqs] int32 on the device, None: causal
 
     # --- the step ---------------------------------------------------------------------------
     def execute_model(self, scheduler_output, *args, **kwargs):
@@ -108,16 +109,15 @@ class ARDFRunnerMixin:
             state = self.canvases.pop(request_id, None)
             if state is not None and not twins.is_twin(request_id):
                 self.finished_traces.add(request_id, state.trace)
-        self.step_rows, self.frame_causal = (), None
+        self.step_rows = ()
+        self.causal_flags.clear()
         return super().execute_model(scheduler_output, *args, **kwargs)
 
     def _prepare_inputs(self, scheduler_output, num_scheduled_tokens, *args, **kwargs):
         self.step_rows = self.plan_rows(scheduler_output, num_scheduled_tokens)
         for step_row in self.step_rows:
             self.write_row_input(step_row)
-        causal = [step_row.kind.causal for step_row in self.step_rows]
-        if not all(causal):
-            self.frame_causal = torch.tensor(causal, dtype=torch.int32)
+        self.causal_flags.set_rows([step_row.kind.causal for step_row in self.step_rows])
         return super()._prepare_inputs(scheduler_output, num_scheduled_tokens, *args, **kwargs)
 
     def plan_rows(self, scheduler_output, num_scheduled_tokens: np.ndarray) -> tuple[StepRow, ...]:

@@ -14,6 +14,11 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 BLOCK_SIZE = 32
+# The device the engines run on: "cpu" (the default) or "cuda" (``scripts/gpu_check.sh``), which
+# must be vLLM's platform. On CUDA every in-process engine of the session shares the one GPU, and
+# vLLM refuses to start an engine unless gpu_memory_utilization of the whole GPU is still free.
+TEST_DEVICE = os.environ.get("PACKCACHE_TEST_DEVICE", "cpu")
+DEVICE_ENGINE_SETTINGS = {"gpu_memory_utilization": 0.04} if TEST_DEVICE == "cuda" else {}
 _ENGINES_KEPT_ALIVE: list = []
 
 
@@ -28,6 +33,17 @@ KV_CACHE_BYTES = 128 << 20
 # The shared evicting engine: W=3 with min_keep 1/4 thins frames to 1/2 and 1/4, then drops them.
 PACKCACHE_WINDOW = 3
 PACKCACHE_MIN_KEEP = 0.25
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_device_is_vllms_platform():
+    from vllm.platforms import current_platform
+
+    platform = "cuda" if current_platform.is_cuda() else str(current_platform.device_type)
+    if platform != TEST_DEVICE:
+        raise RuntimeError(
+            f"PACKCACHE_TEST_DEVICE={TEST_DEVICE!r}, but vLLM's platform is {platform!r}"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +66,7 @@ def llm(tiny_model_dir):
         max_model_len=4096,
         enable_prefix_caching=False,
         seed=0,
+        **DEVICE_ENGINE_SETTINGS,
     )
     yield engine
     engine.llm_engine.engine_core.shutdown()
@@ -67,6 +84,7 @@ POLICY_ENGINE_SETTINGS = {
     "kv_cache_memory_bytes": 64 << 20,
     "max_model_len": 4096,
     "seed": 0,
+    **DEVICE_ENGINE_SETTINGS,
 }
 
 

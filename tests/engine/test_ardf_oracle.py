@@ -17,7 +17,7 @@ import torch
 from packcache_vllm.core.budget import PackCacheConfig
 from packcache_vllm.core.layout import find_frame_start
 from packcache_vllm.core.maskgit import ARDFSamplingParams
-from tests.engine.conftest import BLOCK_SIZE, keep_alive
+from tests.engine.conftest import BLOCK_SIZE, DEVICE_ENGINE_SETTINGS, TEST_DEVICE, keep_alive
 
 FRAMES = (3, 4, 2)
 STEPS = (3, 2, 4)
@@ -36,7 +36,7 @@ def make_ardf_llm(model_dir, policy: str, llm_args: dict | None = None, **knobs)
 
     from packcache_vllm.cli import engine_overrides
 
-    overrides = engine_overrides(policy, mode="frame-parallel", device="cpu", **knobs)
+    overrides = engine_overrides(policy, mode="frame-parallel", device=TEST_DEVICE, **knobs)
     arguments = {
         "dtype": "float32",
         "enforce_eager": True,
@@ -44,6 +44,7 @@ def make_ardf_llm(model_dir, policy: str, llm_args: dict | None = None, **knobs)
         "kv_cache_memory_bytes": 32 << 20,
         "max_model_len": 1024,
         "seed": 0,
+        **DEVICE_ENGINE_SETTINGS,
         **(llm_args or {}),
     }
     return keep_alive(LLM(str(model_dir), **arguments, **overrides))
