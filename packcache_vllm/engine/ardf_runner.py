@@ -94,7 +94,7 @@ class ARDFRunnerMixin:
         self.canvases: dict[str, CanvasState] = {}
         self.finished_traces = FinishedTraces()
         self.step_rows: tuple[StepRow, ...] = ()
-        self.causal_flags = CausalFlags(self._make_buffer(self.max_num_reqs, dtype=torch.int32))
+        self.causal_flags = CausalFlags(self.max_num_reqs, self.device)
 
     def initialize_kv_cache(self, *args, **kwargs) -> None:
         super().initialize_kv_cache(*args, **kwargs)

@@ -5,10 +5,11 @@ batch row i (``query_start_loc`` order), 1 = causal, 0 = every query of that req
 whole sequence. CPU_ATTN takes it as ``dynamic_causal`` (on the CPU), Triton's unified attention
 as ``per_seq_causal_ptr`` (on the GPU, indexed by the row); ``docs/attention-backends.md``.
 
-The flags live in one vLLM ``CpuGpuBuffer`` of ``max_num_reqs`` rows (pinned host + device;
-two host tensors on the CPU runner): written on the host once per step and copied whole with a
-non-blocking copy, so building a step's attention metadata moves nothing and syncs nothing. Rows
-past the step's requests (CUDA-graph padding) stay causal.
+The flags live in two tensors of ``max_rows`` entries made once: a host one (pinned when the
+device is CUDA) written once per step, and one on the runner's device (the same tensor on the
+CPU) that gets a non-blocking copy of it, so building a step's attention metadata moves nothing
+and syncs nothing (PackCache schedules synchronously: a step's copy has run before the next step
+writes the host tensor). Rows past the step's requests (CUDA-graph padding) stay causal.
 """
 
 from __future__ import annotations
@@ -22,28 +23,28 @@ BIDIRECTIONAL = 0
 
 
 class CausalFlags:
-    """buffer: a vLLM ``CpuGpuBuffer`` ``[max_num_reqs]`` int32 with a numpy view (``.np``)."""
+    """max_rows: the most batch rows a step has (vLLM's ``max_num_seqs``); device: the runner's."""
 
-    def __init__(self, buffer) -> None:
-        if buffer.cpu.dtype != torch.int32 or buffer.cpu.dim() != 1:
-            raise ValueError(
-                f"causal flags need a 1-D int32 buffer, got {buffer.cpu.dtype} "
-                f"{tuple(buffer.cpu.shape)}"
-            )
-        self.buffer = buffer
+    def __init__(self, max_rows: int, device: torch.device) -> None:
+        pinned = device.type == "cuda"
+        self.host = torch.full((max_rows,), CAUSAL, dtype=torch.int32, pin_memory=pinned)
+        self.on_device = self.host if device.type == "cpu" else torch.empty_like(
+            self.host, device=device
+        )
         self.active = False  # False: every row causal, the backend gets vLLM's own True
 
     def set_rows(self, causal: Sequence[bool]) -> None:
         """causal: one flag per batch row of the step, in row order."""
-        if len(causal) > self.buffer.np.shape[0]:
-            raise ValueError(f"{len(causal)} rows, the buffer holds {self.buffer.np.shape[0]}")
+        if len(causal) > self.host.numel():
+            raise ValueError(f"{len(causal)} rows, the flags hold {self.host.numel()}")
         self.active = not all(causal)
         if not self.active:
             return
-        flags = self.buffer.np
+        flags = self.host.numpy()
         flags[:] = CAUSAL
         flags[: len(causal)] = [CAUSAL if c else BIDIRECTIONAL for c in causal]
-        self.buffer.copy_to_gpu()
+        if self.on_device is not self.host:
+            self.on_device.copy_(self.host, non_blocking=True)
 
     def clear(self) -> None:
         self.active = False
@@ -53,4 +54,4 @@ class CausalFlags:
         (padding included), or None when every row of the step is causal."""
         if not self.active:
             return None
-        return self.buffer.gpu[:num_reqs]
+        return self.on_device[:num_reqs]

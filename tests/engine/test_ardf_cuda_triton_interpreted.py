@@ -152,14 +152,13 @@ def mixed_batch_errors(impl) -> dict[str, float]:
     Per row, the largest difference to the dense reference with its own mask and with the
     other one."""
     import torch
-    from vllm.v1.utils import CpuGpuBuffer
 
     from packcache_vllm.engine.ardf_runner import RowKind
     from packcache_vllm.engine.causal_flags import CausalFlags
 
     kinds = [RowKind.TEXT, RowKind.DENOISE, RowKind.COMMIT, RowKind.FRAME_PREFILL]
     query_lens, seq_lens = [7, 6, 6, 5], [7, 22, 30, 17]
-    flags = CausalFlags(CpuGpuBuffer(8, dtype=torch.int32, device=torch.device("cpu")))
+    flags = CausalFlags(8, torch.device("cpu"))
     flags.set_rows([kind.causal for kind in kinds])
     causal = flags.rows(len(kinds))
     generator = torch.Generator().manual_seed(0)

@@ -82,11 +82,9 @@ def test_runner_reads_the_backends_vllm_built_and_refuses_others_before_allocati
 
 # --- the step's causal flags ------------------------------------------------------------------
 def flags_on(device: str, rows: int = 6):
-    from vllm.v1.utils import CpuGpuBuffer
-
     from packcache_vllm.engine.causal_flags import CausalFlags
 
-    return CausalFlags(CpuGpuBuffer(rows, dtype=torch.int32, device=torch.device(device)))
+    return CausalFlags(rows, torch.device(device))
 
 
 def test_mixed_batch_flags_text_causal_canvases_bidirectional_padding_causal():
@@ -98,6 +96,13 @@ def test_mixed_batch_flags_text_causal_canvases_bidirectional_padding_causal():
     rows = flags.rows(5)  # vLLM builds over num_reqs_padded rows
     assert rows.dtype == torch.int32  # FlashAttention refuses any other; Triton loads int32
     assert rows.tolist() == [0, 1, 0, 0, 1]
+
+
+def test_a_step_after_a_longer_one_leaves_no_stale_rows():
+    flags = flags_on("cpu")
+    flags.set_rows([False, False, False, False])
+    flags.set_rows([True, False])
+    assert flags.rows(4).tolist() == [1, 0, 1, 1]
 
 
 def test_all_causal_step_leaves_vllms_bool_and_clear_forgets_the_last_step():
@@ -112,18 +117,13 @@ def test_all_causal_step_leaves_vllms_bool_and_clear_forgets_the_last_step():
 
 def test_flags_are_built_on_the_runners_device():
     """The backend reads the tensor where the runner runs (a device pointer for Triton on CUDA);
-    a ``meta`` buffer stands for a device other than the host."""
+    a ``meta`` device stands for a device other than the host."""
     flags = flags_on("meta")
     flags.set_rows([False])
     assert flags.rows(1).device == torch.device("meta")
+    assert flags.host.device == torch.device("cpu")
 
 
-def test_more_rows_than_the_buffer_or_a_wrong_buffer_is_refused():
-    from vllm.v1.utils import CpuGpuBuffer
-
-    from packcache_vllm.engine.causal_flags import CausalFlags
-
-    with pytest.raises(ValueError, match="7 rows, the buffer holds 6"):
+def test_more_rows_than_the_flags_hold_is_refused():
+    with pytest.raises(ValueError, match="7 rows, the flags hold 6"):
         flags_on("cpu").set_rows([False] * 7)
-    with pytest.raises(ValueError, match="1-D int32 buffer"):
-        CausalFlags(CpuGpuBuffer(4, dtype=torch.int64, device=torch.device("cpu")))
