@@ -49,6 +49,9 @@ class ApiError(Exception):
             status, "error"
         )
 
+    def __reduce__(self):  # crosses a process boundary whole (Ray Serve: replica -> ingress)
+        return ApiError, (self.status, self.message, self.param, self.code)
+
     def body(self) -> dict:
         kind = "invalid_request_error" if self.status < 500 else "server_error"
         return {"error": {"message": self.message, "type": kind, "param": self.param,
@@ -69,12 +72,11 @@ def scalar(text: object) -> object:
 
 @dataclass(frozen=True)
 class EngineSide:
-    """What the server's engine is: its model names and dir, its mode, its config."""
+    """What the server's engine is: its model names and dir, its mode."""
 
     model_names: tuple[str, ...]
     model_dir: Path
     mode: str
-    vllm_config: Any
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 ``packcache_videos``), driven by the official ``openai`` client.
 
 Two server starts in all: a next-token server (several videos at once, text-only and
-image-to-video, each equal to the dense reference with the same policy; listing, deleting, bad
-input), then it is killed mid-video and a frame-parallel server is started on the same job store
+image-to-video, each equal to the dense reference with the same policy; an image as a data URL;
+listing, deleting, bad input, the cap on active jobs), then it is killed mid-video and a
+frame-parallel server is started on the same job store
 (finished videos survive, the cut-off job is failed with the reason, a frame-parallel
 image-to-video equals the AR-DF reference).
 """
@@ -38,10 +39,11 @@ PALETTE_SIZE = 16
 
 
 @contextlib.contextmanager
-def videos_server(model_dir: Path, store: Path, log_path: Path, *flags: str):
+def videos_server(model_dir: Path, store: Path, log_path: Path, *flags: str, max_active=16):
     """`vllm serve` with the videos routes on and its jobs in ``store``; yields the /v1 URL.
     A server the test killed itself is already gone when the context ends."""
-    settings = {"VLLM_PLUGINS": "packcache,packcache_videos", "PACKCACHE_VIDEOS_DIR": str(store)}
+    settings = {"VLLM_PLUGINS": "packcache,packcache_videos", "PACKCACHE_VIDEOS_DIR": str(store),
+                "PACKCACHE_VIDEOS_MAX_ACTIVE": str(max_active)}  # fmt: skip
     saved = {name: os.environ.get(name) for name in settings}
     os.environ.update(settings)
     try:
@@ -81,7 +83,7 @@ def store(tmp_path_factory) -> Path:
 def server(store, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("serve-videos") / "serve.log"
     flags = ("--kv-policy", "packcache", "--packcache-window", str(WINDOW))
-    with videos_server(MOTION_CHECKPOINT, store, log_path, *flags) as url:
+    with videos_server(MOTION_CHECKPOINT, store, log_path, *flags, max_active=MAX_ACTIVE) as url:
         yield url
 
 
@@ -161,32 +163,39 @@ REQUESTS = [
     {"prompt": "two squares drift", "seconds": "2", "extra_body": {"packcache": {"window": 3}}},
     {"prompt": "a red square", "seconds": "2", "input_reference": True},
 ]
+MAX_ACTIVE = len(REQUESTS)  # the first server's PACKCACHE_VIDEOS_MAX_ACTIVE: REQUESTS all fit
 
 
-@pytest.fixture(scope="module")
-def made(server):
-    """The REQUESTS, all sent at once and polled to completion: [(request, Video)]."""
-    client = client_for(server)
+def make_at_once(url: str, requests: list[dict]) -> list:
+    """The requests, all sent at once and polled to completion: [(request, Video)]."""
+    client = client_for(url)
 
     def create(request: dict):
         if request.get("input_reference"):
             request = {**request, "input_reference": ("ref.png", reference_image(), "image/png")}
         return client.videos.create(**request)
 
-    with ThreadPoolExecutor(len(REQUESTS)) as pool:
-        created = list(pool.map(create, REQUESTS))
+    with ThreadPoolExecutor(len(requests)) as pool:
+        created = list(pool.map(create, requests))
     assert all(video.status == "queued" for video in created)
-    return [(r, wait_for(client, v.id, finished)) for r, v in zip(REQUESTS, created, strict=True)]
+    return [(r, wait_for(client, v.id, finished)) for r, v in zip(requests, created, strict=True)]
 
 
-def test_videos_equal_the_dense_reference(server, made, store):
+@pytest.fixture(scope="module")
+def made(server):
+    return make_at_once(server, REQUESTS)
+
+
+def check_videos_equal_the_dense_reference(url: str, made: list, store: Path, window: int):
+    """Each made video's tokens (codes.json) and MP4 are the dense reference's with PackCache at
+    ``window`` (or the request's own ``window`` knob)."""
     import torch
 
     from packcache_vllm.codec.prompts import video_prompt
     from packcache_vllm.codec.spec import codec_for, video_shape
     from packcache_vllm.reference import PackCachePolicy, ReferenceVideoModel
 
-    client = client_for(server)
+    client = client_for(url)
     reference = ReferenceVideoModel.from_pretrained(MOTION_CHECKPOINT)
     for request, video in made:
         assert (video.status, video.progress, video.error) == ("completed", 100, None)
@@ -196,8 +205,8 @@ def test_videos_equal_the_dense_reference(server, made, store):
             codec = codec_for(MOTION_CHECKPOINT, shape.cell_pixels)
             first = codec.encode(decode_png(reference_image()))
         prompt = video_prompt(MOTION_CHECKPOINT, request["prompt"], shape, first)
-        window = request.get("extra_body", {}).get("packcache", {}).get("window", WINDOW)
-        config = PackCacheConfig.preset("packcache", window=window)
+        knobs = request.get("extra_body", {}).get("packcache", {})
+        config = PackCacheConfig.preset("packcache", window=knobs.get("window", window))
         layout = reference.layout_for(prompt)
         num_frames = shape.num_frames - (0 if first is None else len(first))
         expected = reference.generate(
@@ -211,6 +220,10 @@ def test_videos_equal_the_dense_reference(server, made, store):
         assert torch.equal(served, codes)
         extra = video.model_extra["packcache"]
         assert (extra["frames_done"], extra["frames_total"]) == (num_frames, num_frames)
+
+
+def test_videos_equal_the_dense_reference(server, made, store):
+    check_videos_equal_the_dense_reference(server, made, store, WINDOW)
 
 
 def test_thumbnail_and_spritesheet(server, made):
@@ -259,6 +272,80 @@ def test_deleting_a_running_video_aborts_it_in_the_engine(server):
     client.videos.delete(long.id)
     wait_until_idle(server)  # no running request, the KV cache empty
     assert long.id not in [video.id for video in client.videos.list()]
+
+
+def test_past_the_cap_on_active_jobs_a_new_video_is_429(server, made):
+    """MAX_ACTIVE long videos, then one more. A job once finished is never active again, so the
+    long ones, all still queued or in progress after the answer, were all active when it came."""
+    from tests.engine.test_ardf_serve import wait_until_idle
+
+    client = client_for(server)
+    held = [client.videos.create(prompt="a long slow pan", seconds=LONG_SECONDS)
+            for _ in range(MAX_ACTIVE)]  # fmt: skip
+    try:
+        with pytest.raises(Exception) as caught:
+            client.videos.create(prompt="one too many", seconds="1")
+        statuses = [client.videos.retrieve(video.id).status for video in held]
+    finally:
+        for video in held:
+            client.videos.delete(video.id)
+    assert set(statuses) <= {"queued", "in_progress"}, statuses
+    assert caught.value.status_code == 429
+    assert f"{MAX_ACTIVE} videos are queued or in progress" in caught.value.message
+    assert f"PACKCACHE_VIDEOS_MAX_ACTIVE={MAX_ACTIVE}" in caught.value.message
+    wait_until_idle(server)  # the deleted jobs are aborted in the engine
+    video = client.videos.create(prompt="room again", seconds="1")
+    assert wait_for(client, video.id, finished).status == "completed"
+
+
+def data_url(image: bytes) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(image).decode()
+
+
+def test_a_data_url_input_reference_is_the_first_frame(server, store):
+    """The image as a data URL (OpenAI's ``{"image_url": ...}`` reference) in a JSON body and as
+    the form field ``input_reference[image_url]`` (curl -F; the openai client's
+    ``videos.create`` uploads only files): both videos start with the image's codes and, greedy,
+    are the same video. A malformed data URL, one of no image, or another URL: 400."""
+    import httpx
+    import torch
+
+    from packcache_vllm.codec.spec import codec_for
+
+    client = client_for(server)
+    url = data_url(reference_image())
+    fields = {"prompt": "a red square", "seconds": "1"}
+    as_json = httpx.post(
+        f"{server}/videos", json={**fields, "input_reference": {"image_url": url}}, timeout=60
+    )
+    as_form = httpx.post(
+        f"{server}/videos", data={**fields, "input_reference[image_url]": url}, timeout=60
+    )
+    first = codec_for(MOTION_CHECKPOINT, CELL_PIXELS).encode(decode_png(reference_image()))
+    tokens = []
+    for created in (as_json, as_form):
+        assert created.status_code == 200, created.text
+        video = wait_for(client, created.json()["id"], finished)
+        assert video.status == "completed", video.error
+        assert video.model_extra["packcache"]["input_reference"] is True
+        served, frame_shape = mp4_codes(client.videos.download_content(video.id).read())
+        assert frame_shape == (4, 128, 192, 3)
+        assert torch.equal(served[:1], first)
+        tokens.append(json.loads((store / video.id / "codes.json").read_text())["token_ids"])
+    assert tokens[0] == tokens[1] and len(tokens[0]) == 3 * 108
+    for bad, message in (
+        ("data:image/png;base64,not base64!", "input_reference data URL"),
+        (data_url(b"GIF89a"), "input_reference is not a readable image"),
+        ("https://example.com/a.png", "input_reference must be an uploaded image file or {"),
+    ):
+        refused = httpx.post(
+            f"{server}/videos", json={**fields, "input_reference": {"image_url": bad}}, timeout=60
+        )
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["param"] == "input_reference"
+        assert message in refused.json()["error"]["message"]
 
 
 def test_command_line_client_writes_the_files(server, tmp_path, capsys):
