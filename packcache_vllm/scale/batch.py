@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests per engine call; a replica runs them concurrently (default 4)",
     )
     job.add_argument(
+        "--mp4",
+        action="store_true",
+        help="also write OUTPUT/mp4/<id>.mp4 per request: the generated frames through the "
+        "checkpoint's codec, as the videos API renders them (needs a checkpoint with a codec)",
+    )
+    job.add_argument(
         "--replica-start-timeout-s",
         type=int,
         default=600,
@@ -125,6 +131,7 @@ def job_from_args(args: argparse.Namespace) -> BatchJob:
         resources=ReplicaResources(cpus=args.cpus_per_replica, gpus=args.gpus_per_replica),
         batch_size=args.batch_size,
         replica_start_timeout_s=args.replica_start_timeout_s,
+        write_mp4=args.mp4,
     )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from packcache_vllm.model.config_hook import frame_grid, visual_codebook_size
+from packcache_vllm.scale.movies import check_model_has_codec
 from packcache_vllm.scale.requests import PromptBuilder, VideoRequest, load_requests
 from packcache_vllm.scale.results import ResultStore
 from packcache_vllm.scale.settings import BatchJob, checkpoint_config, replica_env
@@ -47,6 +48,8 @@ def prepare(job: BatchJob) -> tuple[ResultStore, list[VideoRequest], set[str]]:
         rows, cols, visual_codebook_size(config), caption_encoder(job.engine.model)
     )
     requests = load_requests(job.requests_path, builder, job.engine.policy_config())
+    if job.write_mp4:
+        check_model_has_codec(job.engine.model)
     store = ResultStore(job.output_dir).create()
     return store, requests, store.finished(requests)
 
@@ -106,7 +109,18 @@ def run_batch(job: BatchJob) -> BatchReport:
         if set(generated) != {r.id for r in pending}:
             missing = sorted({r.id for r in pending} - set(generated))
             raise RuntimeError(f"the pipeline ended without results for {missing}")
+    if job.write_mp4:
+        write_missing_mp4s(job, store, finished)
     return write_report(job, store, run_id, requests, finished, generated, started)
+
+
+def write_missing_mp4s(job: BatchJob, store: ResultStore, finished: set[str]) -> None:
+    """A request finished by a run without ``--mp4`` gets its MP4 from its stored frames."""
+    movies = store.movies(job.engine.model)
+    for request_id in sorted(finished):
+        if not movies.path(request_id).is_file():
+            frames = store.read_frames(request_id)
+            movies.write(request_id, [token for frame in frames for token in frame])
 
 
 def generate(job: BatchJob, pending: list[VideoRequest], run_id: str) -> list[str]:
@@ -160,6 +174,7 @@ def generation_dataset(job: BatchJob, pending: list[VideoRequest], run_id: str):
             "settings": job.engine,
             "output_dir": str(job.output_dir),
             "run_id": run_id,
+            "write_mp4": job.write_mp4,
         },
         batch_size=batch_size,
         # One batch at a time per replica, so the batches spread over every replica.

@@ -24,7 +24,9 @@ from packcache_vllm.scale.settings import EngineSettings
 
 
 class VideoReplica:
-    def __init__(self, settings: EngineSettings, output_dir: str, run_id: str) -> None:
+    def __init__(
+        self, settings: EngineSettings, output_dir: str, run_id: str, write_mp4: bool = False
+    ) -> None:
         from packcache_vllm.core.layout import tokens_per_frame
         from packcache_vllm.metrics import METRICS_DIR_ENV
         from packcache_vllm.scale.settings import frame_grid_of
@@ -33,6 +35,7 @@ class VideoReplica:
         os.environ[METRICS_DIR_ENV] = tempfile.mkdtemp(prefix="packcache-replica-")
         self.settings = settings
         self.store = ResultStore(Path(output_dir))
+        self.movies = self.store.movies(settings.model) if write_mp4 else None
         self.replica_id = f"{run_id}-{socket.gethostname()}-{os.getpid()}"
         self.tokens_per_frame = tokens_per_frame(*frame_grid_of(settings.model))
         self.videos: list[str] = []
@@ -72,6 +75,8 @@ class VideoReplica:
                 "batch_seconds": round(seconds, 3),
             }
             tokens = output.outputs[0].token_ids
+            if self.movies is not None:  # before the record, which marks the request finished
+                self.movies.write(request.id, tokens)
             self.store.write_video(request, tokens, self.tokens_per_frame, record)
             self.videos.append(request.id)
         self.publish()

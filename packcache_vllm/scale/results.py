@@ -2,6 +2,7 @@
 
     OUTPUT/videos/<id>.jsonl     the generated frames, one JSON line per frame:
                                  {"frame": k, "tokens": [...]}
+    OUTPUT/mp4/<id>.mp4          with --mp4: the generated frames as a video (``movies``)
     OUTPUT/requests/<id>.json    the request's record (written last: its presence means finished)
     OUTPUT/replicas/<replica>.json   per replica: videos done and its PackCache counters
     OUTPUT/runs/<run>.json       per run: what was skipped and generated, and every replica
@@ -52,6 +53,10 @@ class ResultStore:
         return self.root / "requests"
 
     @property
+    def mp4(self) -> Path:
+        return self.root / "mp4"
+
+    @property
     def replicas(self) -> Path:
         return self.root / "replicas"
 
@@ -60,7 +65,7 @@ class ResultStore:
         return self.root / "runs"
 
     def create(self) -> ResultStore:
-        for folder in (self.videos, self.records, self.replicas, self.runs):
+        for folder in (self.videos, self.mp4, self.records, self.replicas, self.runs):
             folder.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -73,6 +78,12 @@ class ResultStore:
         write_atomically(self.videos / f"{request.id}.jsonl", lines)
         full_record = {"id": request.id, "fingerprint": request.fingerprint(), **record}
         write_atomically(self.records / f"{request.id}.json", json.dumps(full_record, indent=1))
+
+    def movies(self, model: Path):
+        """The ``movies.Movies`` that writes this store's MP4s from ``model``'s codec."""
+        from packcache_vllm.scale.movies import Movies
+
+        return Movies(Path(model), self.mp4)
 
     def read_frames(self, request_id: str) -> list[list[int]]:
         lines = (self.videos / f"{request_id}.jsonl").read_text().splitlines()

@@ -12,16 +12,23 @@ of ``--kv-policy``. ``build_app`` is a Ray Serve application builder, so a confi
 (``examples/ray_serve_config.yaml``; ``serve run examples/ray_serve_config.yaml``). The policy and
 its knobs are checked when the application is built, so a bad knob fails ``serve run`` / ``serve
 deploy`` at once with the knob named, before any replica starts.
+
+The application also serves OpenAI's videos API (``/v1/videos``, as on `vllm serve`;
+``scale.videos``): its ingress is one replica holding the job store (``videos_dir``,
+``videos_max_active``, ``videos_expire_s``; each defaults to its ``PACKCACHE_VIDEOS_*``
+variable in the process that builds the application), the LLM replicas generate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-from packcache_vllm.cli import engine_overrides
+from packcache_vllm.cli import engine_overrides, packcache_mode_from
 from packcache_vllm.scale.settings import runner_choice_env
+from packcache_vllm.videos.jobs import StoreSettings
 
 ENGINE_DEFAULTS = {"enforce_eager": True, "block_size": 32}
 # Ray Serve reserves these per replica; vLLM's own defaults would ask for a GPU.
@@ -66,6 +73,9 @@ class ServeSettings:
     ingress_cpus: float = 0.0  # the OpenAI ingress only routes requests
     device: str = "cpu"
     env_vars: Mapping[str, str] = field(default_factory=dict)  # for every replica
+    videos_dir: str | None = None  # None: $PACKCACHE_VIDEOS_DIR or ./packcache-videos
+    videos_max_active: int | None = None  # None: $PACKCACHE_VIDEOS_MAX_ACTIVE or 16
+    videos_expire_s: int | None = None  # None: $PACKCACHE_VIDEOS_EXPIRE_S or never
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> ServeSettings:
@@ -83,6 +93,19 @@ class ServeSettings:
             self.kv_policy, engine_settings=settings, device=self.device, **self.packcache
         )
         return {**settings, **policy}
+
+    def video_store(self) -> StoreSettings:
+        """The ingress's job store: these settings over the ``PACKCACHE_VIDEOS_*`` variables
+        (ValueError naming a bad value); the folder made absolute here, where it was named."""
+        given = {"root": self.videos_dir, "max_active": self.videos_max_active,
+                 "expire_after_s": self.videos_expire_s}  # fmt: skip
+        store = replace(
+            StoreSettings.from_env(), **{k: v for k, v in given.items() if v is not None}
+        )
+        return replace(store, root=Path(store.root).resolve())
+
+    def mode(self) -> str:
+        return packcache_mode_from(self.full_engine_kwargs().get("additional_config", {}))
 
 
 def llm_config(settings: ServeSettings):
@@ -116,14 +139,37 @@ def replica_env(settings: ServeSettings) -> dict[str, str]:
     return {**runner_choice_env(), **settings.env_vars}
 
 
+def ingress_options(settings: ServeSettings, config) -> dict[str, Any]:
+    """Ray Serve LLM's ingress options, but one replica: the video jobs live in it."""
+    from packcache_vllm.scale.videos import VideoIngress
+
+    options = VideoIngress.get_deployment_options([config])
+    options.pop("autoscaling_config", None)
+    return {**options, "num_replicas": 1, "ray_actor_options": {"num_cpus": settings.ingress_cpus}}
+
+
 def build_app(args: dict):
-    """Ray Serve application builder (``import_path: packcache_vllm.scale.serve:build_app``)."""
-    from ray.serve.llm import build_openai_app
+    """Ray Serve application builder (``import_path: packcache_vllm.scale.serve:build_app``):
+    Ray Serve LLM's OpenAI application (``build_openai_app``'s deployments) with the videos
+    routes on its ingress."""
+    from ray import serve
+    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+    from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
+    from ray.llm._internal.serve.core.server.builder import build_llm_deployment
+    from ray.serve.llm.ingress import make_fastapi_ingress
+
+    from packcache_vllm.scale.videos import VIDEO_ENDPOINTS, VideoApp, VideoIngress, VideoLLMServer
 
     settings = ServeSettings.from_args(args)
-    return build_openai_app(
-        {
-            "llm_configs": [llm_config(settings)],
-            "ingress_deployment_config": {"ray_actor_options": {"num_cpus": settings.ingress_cpus}},
-        }
+    config = llm_config(settings)
+    model_dir = Path(settings.model_source).resolve()
+    videos = VideoApp(settings.model_id, model_dir, settings.mode(), settings.video_store())
+    ingress = make_fastapi_ingress(
+        VideoIngress, endpoint_map={**DEFAULT_ENDPOINTS, **VIDEO_ENDPOINTS}
+    )
+    server = build_llm_deployment(config, deployment_cls=VideoLLMServer)
+    return serve.deployment(ingress, **ingress_options(settings, config)).bind(
+        llm_deployments={settings.model_id: server},
+        model_cards={settings.model_id: to_model_metadata(settings.model_id, config)},
+        videos=videos,
     )

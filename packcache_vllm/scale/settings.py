@@ -100,6 +100,7 @@ class BatchJob:
     resources: ReplicaResources = ReplicaResources()
     batch_size: int = 4
     replica_start_timeout_s: int = 600  # every replica must be up by then (or the job fails)
+    write_mp4: bool = False  # also OUTPUT/mp4/<id>.mp4 through the checkpoint's codec
 
     def __post_init__(self) -> None:
         if self.replica_start_timeout_s < 1:

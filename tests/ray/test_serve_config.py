@@ -48,3 +48,21 @@ def test_example_config_turns_packcache_on_in_every_replica(example_args):
 def test_bad_settings_fail_when_the_app_is_built(example_args, change, message):
     with pytest.raises(ValueError, match=message):
         llm_config(ServeSettings.from_args({**example_args, **change}))
+
+
+def test_video_store_settings_over_the_environment(example_args, monkeypatch, tmp_path):
+    from packcache_vllm.videos.jobs import EXPIRE_ENV, MAX_ACTIVE_ENV, STORE_ENV, StoreSettings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(MAX_ACTIVE_ENV, "5")
+    monkeypatch.setenv(STORE_ENV, "elsewhere")
+    monkeypatch.delenv(EXPIRE_ENV, raising=False)
+    given = {**example_args, "videos_dir": "jobs", "videos_expire_s": 60}
+    store = ServeSettings.from_args(given).video_store()
+    assert store == StoreSettings((tmp_path / "jobs").resolve(), 5, 60)
+    from_env = ServeSettings.from_args(example_args).video_store()
+    assert from_env == StoreSettings((tmp_path / "elsewhere").resolve(), 5, None)
+    with pytest.raises(ValueError, match="max_active must be an integer >= 1, got 0"):
+        ServeSettings.from_args({**example_args, "videos_max_active": 0}).video_store()
+    with pytest.raises(ValueError, match="expire_after_s must be an integer >= 1 or None, got 0"):
+        ServeSettings.from_args({**example_args, "videos_expire_s": 0}).video_store()
