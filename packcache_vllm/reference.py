@@ -413,8 +413,8 @@ class KeepPolicy(Protocol):
     """Which part of the generated history stays (see KeptHistory).
 
     Asked each time a generated frame completes (the count grows by one per call), with the keys
-    of the frame that just completed: one [F, KV, hd] QK-normed key tensor per layer (pre-RoPE
-    under RebaseMode.POSITIONS, rotated otherwise: the same L2 norms). Kept sets may only shrink
+    of the frame that just completed: one [F, KV, hd] QK-normed pre-RoPE key tensor per layer.
+    Kept sets may only shrink
     over time: evicted KV is gone.
 
     Optionally ``eviction_layout(layout) -> FrameLayout``: the layout the session evicts by, with
@@ -467,6 +467,7 @@ class PackCachePolicy:
         self._explicit = None if orders is None else torch.as_tensor(orders).to(torch.int64)
         self._selector = None
         self._frame_orders: list[torch.Tensor] = []  # per generated frame (key-reading selectors)
+        self._newest_keys: torch.Tensor | None = None  # the newest frame's, [F, KV, hd]
 
     @property
     def selector(self):
@@ -497,6 +498,12 @@ class PackCachePolicy:
                 f"keep_counts({num_complete_frames}, ...) returned {len(counts)} counts"
             )
         orders = self._orders(num_complete_frames, layout, newest_frame_keys)
+        if self.selector.needs_newer_frame and counts and counts[-1] != layout.tokens_per_frame:
+            raise ValueError(
+                f"selector {self.selector.name!r} orders a frame when the next one completes, "
+                f"so the newest frame must stay whole; the budget keeps {counts[-1]} of "
+                f"{layout.tokens_per_frame}"
+            )
         kept = tuple(
             frozenset(order[:count].tolist()) for order, count in zip(orders, counts, strict=True)
         )
@@ -525,9 +532,25 @@ class PackCachePolicy:
                 f"key_layer {layer} is out of range: the model has {len(newest_frame_keys)} layers"
             )
         keys = newest_frame_keys[layer]
+        if self.selector.needs_newer_frame:
+            return self._order_previous_frame(layout, keys)
         order = self.selector.order(layout.rows, layout.cols, keys).to(torch.int64).cpu()
         check_permutation(order, per_frame)
         self._frame_orders.append(order)
+        return self._frame_orders
+
+    def _order_previous_frame(self, layout: FrameLayout, keys: torch.Tensor) -> list[torch.Tensor]:
+        """A selector that compares a frame with the next one orders the previous frame now,
+        from its keys and the newest frame's (``keys``, [F, KV, hd]); the newest frame keeps
+        its raster order until its successor completes (it is whole until then)."""
+        if self._frame_orders:
+            previous = self._newest_keys
+            order = self.selector.order(layout.rows, layout.cols, previous, newer_keys=keys)
+            order = order.to(torch.int64).cpu()
+            check_permutation(order, layout.tokens_per_frame)
+            self._frame_orders[-1] = order
+        self._frame_orders.append(torch.arange(layout.tokens_per_frame))
+        self._newest_keys = keys
         return self._frame_orders
 
 
@@ -659,12 +682,18 @@ class ReferenceSession:
         self.dropped_frames = history.dropped_frames
 
     def _newest_frame_keys(self) -> list[torch.Tensor]:
-        """Per layer [F, KV, hd]: the cached keys of the frame that just completed (whole)."""
+        """Per layer [F, KV, hd]: the pre-RoPE keys of the frame that just completed (whole).
+        Under RebaseMode.ROTATE_ANCHORS the cache holds them rotated at their (never rebased)
+        positions, so they are rotated back."""
         start, end = self.layout.frame_span(
             self.layout.num_anchor_frames + self.complete_frames - 1
         )
         rows = (self.cache.indices >= start) & (self.cache.indices < end)
-        return [keys[rows] for keys in self.cache.keys]
+        keys = [layer_keys[rows] for layer_keys in self.cache.keys]
+        if self.rebase is not RebaseMode.ROTATE_ANCHORS:
+            return keys
+        cos, sin = self.model.rope.cos_sin(self.layout.positions(self.cache.indices[rows]))
+        return [rotate(layer_keys, cos, -sin) for layer_keys in keys]
 
     def _keep_mask(self, history: KeptHistory) -> torch.Tensor:
         """[M] bool over the cache: anchors, the kept offsets of complete frames, the current frame.

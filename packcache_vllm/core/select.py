@@ -53,17 +53,28 @@ def key_layer(num_layers: int) -> int:
 
 class Selector(abc.ABC):
     """One token-priority policy. ``needs_keys``: ``order`` reads the frame's keys (of the
-    layer ``key_layer`` names)."""
+    layer ``key_layer`` names). ``needs_newer_frame``: it also reads the keys of the frame that
+    follows, so a frame is ordered when its successor completes, not when it does (it is still
+    whole then: a frame at distance 0 is never thinned)."""
 
     name: ClassVar[str]
     needs_keys: ClassVar[bool]
+    needs_newer_frame: ClassVar[bool] = False
 
     @abc.abstractmethod
-    def order(self, rows: int, cols: int, keys: torch.Tensor | None = None) -> torch.Tensor:
+    def order(
+        self,
+        rows: int,
+        cols: int,
+        keys: torch.Tensor | None = None,
+        newer_keys: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Priority order of a frame's tokens.
 
         keys: [F, num_kv_heads, head_dim] float keys of the frame (one layer), F = rows * (cols + 1)
-        + 4, in logical (raster) order; only read when ``needs_keys``.
+        + 4, in logical (raster) order; only read when ``needs_keys``. newer_keys: the same of
+        the next frame, at the same rotary time as ``keys`` (pre-RoPE, or both rotated to one
+        time); only read when ``needs_newer_frame``.
         Returns [F] int64, a permutation of range(F), most important token first.
         """
 
@@ -85,8 +96,8 @@ class UniformSelector(Selector):
     name = "uniform"
     needs_keys = False
 
-    def order(self, rows: int, cols: int, keys: torch.Tensor | None = None) -> torch.Tensor:
-        """Returns [F] int64 (CPU); ``keys`` is ignored."""
+    def order(self, rows: int, cols: int, keys=None, newer_keys=None) -> torch.Tensor:
+        """Returns [F] int64 (CPU); ``keys`` and ``newer_keys`` are ignored."""
         _check_grid(rows, cols)
         return torch.tensor(uniform_order(rows, cols), dtype=torch.int64)
 
@@ -217,21 +228,27 @@ class KeyNormSelector(Selector):
     name = "key_norm"
     needs_keys = True
 
-    def order(self, rows: int, cols: int, keys: torch.Tensor | None = None) -> torch.Tensor:
+    def order(self, rows: int, cols: int, keys=None, newer_keys=None) -> torch.Tensor:
         """keys: [F, num_kv_heads, head_dim]. Returns [F] int64 on keys' device."""
-        _check_grid(rows, cols)
-        frame_len = tokens_per_frame(rows, cols)
-        if keys is None or keys.dim() != 3 or keys.shape[0] != frame_len:
-            got = "None" if keys is None else list(keys.shape)
-            raise ValueError(
-                f"selector 'key_norm' needs the frame's keys of shape [F, num_kv_heads, head_dim] "
-                f"with F = {frame_len} ({rows} rows x {cols} cols), got {got}"
-            )
+        frame_len = check_frame_keys(self.name, "the frame's keys", rows, cols, keys)
         cells = torch.arange(NUM_LEADING_MARKERS, frame_len - 1, device=keys.device)
         norms = keys[cells].float().norm(dim=-1).mean(dim=-1)  # [cells]
         by_norm = torch.sort(norms, descending=True, stable=True).indices
         markers = torch.tensor(marker_offsets(rows, cols), dtype=torch.int64, device=keys.device)
         return torch.cat([markers, cells[by_norm]])
+
+
+def check_frame_keys(name: str, what: str, rows: int, cols: int, keys) -> int:
+    """F, after checking ``keys`` is [F, num_kv_heads, head_dim] for a rows x cols frame."""
+    _check_grid(rows, cols)
+    frame_len = tokens_per_frame(rows, cols)
+    if keys is None or keys.dim() != 3 or keys.shape[0] != frame_len:
+        got = "None" if keys is None else list(keys.shape)
+        raise ValueError(
+            f"selector {name!r} needs {what} of shape [F, num_kv_heads, head_dim] "
+            f"with F = {frame_len} ({rows} rows x {cols} cols), got {got}"
+        )
+    return frame_len
 
 
 SELECTORS: dict[str, type[Selector]] = {

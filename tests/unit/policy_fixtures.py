@@ -6,7 +6,7 @@ import random
 
 from packcache_vllm.model.factory import build_tiny_lumos, make_video_prompt
 
-ROWS, COLS = 3, 4
+ROWS, COLS = 3, 4  # the tiny reference grid
 F = ROWS * (COLS + 1) + 4  # 19 tokens per frame
 TEXT = [4 + b for b in b"a red ball"]
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from packcache_vllm.core.budget import PackCacheConfig
+from packcache_vllm.core.policies.dedupe import DedupePolicy
 from packcache_vllm.core.policies.geometric import GeometricPolicy
 from packcache_vllm.core.policies.sink_window import SinkWindowPolicy
 from packcache_vllm.core.select import SELECTORS
@@ -59,6 +60,14 @@ KNOB_SPECS: dict[str, Knob] = {
             "Default 1.",
         ),
         Knob(
+            "threshold",
+            float,
+            "a number in (0, 1]",
+            "TAU",
+            "dedupe: a cell whose last-layer key has cosine similarity >= TAU with the same "
+            "cell's key in the next frame is evicted first. Default 0.95.",
+        ),
+        Knob(
             "floor",
             float,
             "a number in (0, 1]",
@@ -98,6 +107,14 @@ POLICY_SPECS: dict[str, PolicySpec] = {
         "the frame at distance d keeps decay^d of its tokens, dropped below a floor "
         "(FramePack; decay=0.5, floor=1/16)",
         GeometricPolicy,
+    ),
+    "dedupe": PolicySpec(
+        "dedupe",
+        DedupePolicy,
+        ("window", "decay", "min_keep", "threshold"),
+        "packcache's budget; a thinned frame gives up first the cells whose last-layer key "
+        "nearly repeats in the next frame (cosine >= 0.95)",
+        DedupePolicy.build,
     ),
 }
 POLICY_NAMES = tuple(POLICY_SPECS)
