@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from packcache_vllm.core.select import Selector
+
 
 @dataclass(frozen=True)
 class FramesToOrder:
@@ -21,10 +23,14 @@ class FramesToOrder:
     slots: per frame, its F global slots in frame-offset (raster) order. The worker reorders
     each frame's tokens within these slots so that slot i holds the token of priority i; the
     moves of the plan were made for that arrangement (they keep a prefix of each frame).
+    newer_slots: for a selector that compares a frame with the next one (``needs_newer_frame``;
+    then the frames are those that gain a successor in this compaction), per frame the next
+    frame's F global slots in offset order; None otherwise.
     """
 
-    selector: str
+    selector: Selector
     slots: tuple[tuple[int, ...], ...]
+    newer_slots: tuple[tuple[int, ...], ...] | None = None
 
 
 @dataclass(frozen=True)

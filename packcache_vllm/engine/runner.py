@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 
-from packcache_vllm.core.select import key_layer, make_selector
+from packcache_vllm.core.select import key_layer
 from packcache_vllm.engine import compat, faults
 from packcache_vllm.engine.kv_access import KVAccess, kv_access_for
 from packcache_vllm.engine.kv_layout import PageLayout, learn_page_layout
@@ -125,7 +125,7 @@ class PackCacheRunnerMixin:
         sampling_params = self.requests[request_id].sampling_params
         if plan.frames_to_order is not None:
             faults.inject("sorts", request_id, sampling_params)
-            self.order_frames_by_keys(plan.frames_to_order)
+            self.order_frames_by_keys(plan.frames_to_order, plan.t_stride)
         faults.inject("moves", request_id, sampling_params)
         self.kv_access.move(
             self.kv_caches,
@@ -145,18 +145,26 @@ class PackCacheRunnerMixin:
         self.evicted_tokens[request_id] = plan.evicted_tokens
         self.dropped_frames[request_id] = plan.dropped_frames
 
-    def order_frames_by_keys(self, frames: FramesToOrder) -> None:
+    def order_frames_by_keys(self, frames: FramesToOrder, t_stride: int) -> None:
         """Sort each frame's tokens within its own slots into the selector's priority order,
-        computed from the frame's cached keys in layer ``key_layer`` (all layers move alike)."""
-        selector = make_selector(frames.selector)
+        computed from the frame's cached keys in layer ``key_layer`` (all layers move alike).
+        A selector that compares a frame with the next one also gets the next frame's keys;
+        the frame's own are rotated forward by ``t_stride`` along t, so both sit at one time
+        (cached keys are rotated at their positions, a frame ``t_stride`` after the one before)."""
+        selector = frames.selector
         rows, cols = frame_grid(self.model_config.hf_config)
         device = self.kv_access.device
         keys_cache = self.kv_caches[key_layer(len(self.kv_caches))]
         sources, targets = [], []
-        for frame_slots in frames.slots:
+        for index, frame_slots in enumerate(frames.slots):
             slots = torch.tensor(frame_slots, dtype=torch.int64, device=device)  # [F]
             keys = self.kv_access.read_keys(keys_cache, slots)  # [F, KV, hd]
-            order = selector.order(rows, cols, keys).to(device)  # [F]
+            newer_keys = None
+            if frames.newer_slots is not None:
+                newer = torch.tensor(frames.newer_slots[index], dtype=torch.int64, device=device)
+                newer_keys = self.kv_access.read_keys(keys_cache, newer)  # [F, KV, hd]
+                keys = self.get_model().rope.rotate_time(keys, t_stride)
+            order = selector.order(rows, cols, keys, newer_keys).to(device)  # [F]
             sources.append(slots[order])
             targets.append(slots)
         self.kv_access.move(self.kv_caches, torch.cat(sources), torch.cat(targets))

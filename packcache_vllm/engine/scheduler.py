@@ -19,6 +19,7 @@ engine keeps serving the others.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vllm.utils.math_utils import cdiv
@@ -34,7 +35,7 @@ from packcache_vllm.core.plan import (
     make_plan,
     num_new_complete_frames,
 )
-from packcache_vllm.core.select import Selector, make_selector
+from packcache_vllm.core.select import Selector
 from packcache_vllm.engine import compat, faults, pool_fit, twins
 from packcache_vllm.engine.plans import FramesToOrder, WorkerPlan, global_slots
 from packcache_vllm.engine.requests import request_policy, video_layout
@@ -228,7 +229,7 @@ class PackCacheScheduler(Scheduler):
     def compact(self, request_id: str, kv: RequestKV, logical_len: int) -> WorkerPlan:
         blocks = self.block_manager.req_to_blocks[request_id]
         old_ids = [block.block_id for block in blocks]
-        selector = make_selector(kv.config.selector)
+        selector = kv.config.make_selector()
         plan = make_plan(
             kv.state,
             logical_len,
@@ -304,18 +305,22 @@ class PackCacheScheduler(Scheduler):
     ) -> FramesToOrder | None:
         """The global slots of the frames that become history in this compaction (they sit in
         the tail, in raster order, after the old history), when the selector reads keys and
-        the policy ever keeps part of a frame (else the order would change nothing)."""
+        the policy ever keeps part of a frame (else the order would change nothing). A selector
+        that compares a frame with the next one (``needs_newer_frame``) orders instead the
+        frames that gain a successor now, each given with its successor's slots."""
         if not (selector.needs_keys and kv.config.thins_frames):
             return None
         old, frame_len = kv.state, kv.layout.tokens_per_frame
-        tail_start = old.anchor_len + old.history_len
-        slots = []
-        for kept_frame in new_state.frames:
-            if kept_frame.frame < old.num_complete_frames:
-                continue  # history already: the state records its kept tokens' slots
-            start = tail_start + (kept_frame.frame - old.num_complete_frames) * frame_len
-            slots.append(global_slots(old_ids, self.block_size, range(start, start + frame_len)))
-        return FramesToOrder(kv.config.selector, tuple(slots)) if slots else None
+        late = selector.needs_newer_frame
+        first = max(old.num_complete_frames - late, new_state.dropped_frames)
+        frames = range(first, new_state.num_complete_frames - late)
+
+        def slots_of(frame: int) -> tuple[int, ...]:
+            return global_slots(old_ids, self.block_size, whole_frame_slots(old, frame, frame_len))
+
+        slots = tuple(slots_of(frame) for frame in frames)
+        newer = tuple(slots_of(frame + 1) for frame in frames) if late else None
+        return FramesToOrder(selector, slots, newer) if slots else None
 
     def kv_of(self, request) -> RequestKV:
         kv = self.request_kv.get(request.request_id)
@@ -355,3 +360,19 @@ class PackCacheScheduler(Scheduler):
     def shutdown(self) -> None:
         self.publisher.remove()  # a stopped engine's totals leave /metrics with it
         super().shutdown()
+
+def whole_frame_slots(state: PhysicalState, frame: int, frame_len: int) -> Sequence[int]:
+    """The physical slots of a whole complete ``frame`` in offset order, as ``state`` holds
+    it: still in the tail, or the newest history frame (whole at distance 0, kept in raster
+    order under a key-reading selector). ValueError for a frame already thinned."""
+    if frame >= state.num_complete_frames:
+        tail_start = state.anchor_len + state.history_len
+        start = tail_start + (frame - state.num_complete_frames) * frame_len
+        return range(start, start + frame_len)
+    slots = state.frames[frame - state.dropped_frames].slots
+    if len(slots) != frame_len:
+        raise ValueError(
+            f"frame {frame} keeps {len(slots)} of {frame_len} tokens before it was ordered: a "
+            "selector that reads the next frame needs it whole until then"
+        )
+    return slots

@@ -5,8 +5,7 @@ One application on the session's local Ray cluster (2 CPUs): one LLM replica of 
 PackCache W=2 on the trained palette checkpoint, the ingress holding the job store. An
 image-to-video and a text-only video made at once equal the dense reference token for token and
 read back from their MP4s as the reference's codes; list, thumbnail, spritesheet and delete; bad
-input refused with a 4xx naming it, in the ingress (size) and in the LLM replica (a knob); the
-application's other OpenAI routes still served.
+input refused with a 4xx naming it, in the ingress (size) and in the LLM replica (a knob).
 """
 
 from __future__ import annotations
@@ -113,29 +112,3 @@ def test_bad_input_is_4xx_naming_it(serve_url, fields, status, message):
         client.videos.create(**fields)
     assert caught.value.status_code == status
     assert message in caught.value.message
-
-
-def test_the_openai_routes_are_still_served(serve_url):
-    """The videos routes come on top of Ray Serve LLM's: /v1/models and a /v1/completions of
-    token ids (the dense reference's tokens) on the same application."""
-    import httpx
-
-    from packcache_vllm.codec.prompts import video_prompt
-    from packcache_vllm.codec.spec import video_shape
-    from packcache_vllm.core.budget import PackCacheConfig
-    from packcache_vllm.reference import PackCachePolicy, ReferenceVideoModel
-
-    models = httpx.get(f"{serve_url}/models", timeout=60).json()
-    assert [model["id"] for model in models["data"]] == [MODEL_ID]
-    shape = video_shape(MOTION_CHECKPOINT, "192x128", "1")
-    prompt = video_prompt(MOTION_CHECKPOINT, "a red ball", shape, None)
-    reference = ReferenceVideoModel.from_pretrained(MOTION_CHECKPOINT)
-    layout = reference.layout_for(prompt)
-    max_tokens = 2 * layout.tokens_per_frame
-    body = {"model": MODEL_ID, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-            "ignore_eos": True, "return_token_ids": True}  # fmt: skip
-    reply = httpx.post(f"{serve_url}/completions", json=body, timeout=600)
-    assert reply.status_code == 200, reply.text
-    policy = PackCachePolicy(PackCacheConfig.preset("packcache", window=WINDOW))
-    expected = reference.generate(prompt, layout, max_tokens, policy).token_ids
-    assert tuple(reply.json()["choices"][0]["token_ids"]) == expected
