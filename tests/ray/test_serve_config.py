@@ -66,3 +66,11 @@ def test_video_store_settings_over_the_environment(example_args, monkeypatch, tm
         ServeSettings.from_args({**example_args, "videos_max_active": 0}).video_store()
     with pytest.raises(ValueError, match="expire_after_s must be an integer >= 1 or None, got 0"):
         ServeSettings.from_args({**example_args, "videos_expire_s": 0}).video_store()
+
+
+def test_the_videos_mode_is_the_engines(example_args):
+    assert ServeSettings.from_args(example_args).mode() == "next-token"
+    frame_parallel = {**example_args, "packcache": {"window": 4, "mode": "frame-parallel"}}
+    settings = ServeSettings.from_args(frame_parallel)
+    assert settings.mode() == "frame-parallel"
+    assert settings.full_engine_kwargs()["scheduler_cls"].endswith("ARDFScheduler")
