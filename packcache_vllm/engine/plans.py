@@ -5,7 +5,8 @@ frame of ``frames_to_order`` into its selector's priority order in place (a key-
 the order comes from the frame's cached keys, which only the worker has), then gathers every
 source before scattering (so overlapping moves are safe), then rotates the anchors' keys so that
 they sit ``t_stride * dropped_frames`` later in time (the rebase), then replaces the request's
-block-table row with ``block_ids``.
+block-table row with ``block_ids``. A plan carries only what the worker uses, as plain integers:
+the worker makes one index tensor per slot list on its device and reads nothing back.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 import torch
 
+from packcache_vllm.engine import debug_checks
+
 
 def slot_coordinates(slots: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """slots ``[M]`` int64 -> (block ids ``[M]``, offsets in block ``[M]``)."""
@@ -73,6 +75,8 @@ def write_key_rows(kv_cache: torch.Tensor, slots: torch.Tensor, keys: torch.Tens
 def check_rows(
     kv_caches: Sequence[torch.Tensor], src_slots: torch.Tensor, dst_slots: torch.Tensor
 ) -> None:
+    """Shapes, dtypes and devices always; slot ranges and distinct destinations (host reads of
+    device tensors) only under ``debug_checks``."""
     if not kv_caches:
         raise ValueError("no kv caches given")
     first = kv_caches[0]
@@ -94,6 +98,12 @@ def check_rows(
         if slots.dtype != torch.int64 or slots.device != first.device:
             raise ValueError(f"{name} must be int64 on {first.device}, got {slots.dtype} on "
                              f"{slots.device}")  # fmt: skip
+    if debug_checks.enabled():
+        check_slot_values(src_slots, dst_slots, num_slots)
+
+
+def check_slot_values(src_slots: torch.Tensor, dst_slots: torch.Tensor, num_slots: int) -> None:
+    for name, slots in (("src_slots", src_slots), ("dst_slots", dst_slots)):
         if slots.numel() and (int(slots.min()) < 0 or int(slots.max()) >= num_slots):
             raise ValueError(f"{name} out of range [0, {num_slots})")
     if dst_slots.unique().numel() != dst_slots.numel():
