@@ -1,62 +1,83 @@
 """Every way a PackCache policy knob enters from outside, validated where it enters.
 
-- Server flags: ``--kv-policy {none,full,sliding,packcache}``, ``--packcache-{window,decay,
-  min-keep,selector}`` and ``--packcache-mode {next-token,frame-parallel}`` on ``vllm serve``
-  (``add_arguments``; compat.py hooks it into vLLM's parser), expanded into vLLM's own engine
-  settings by ``overrides_from_namespace``.
+- Server flags: ``--kv-policy {none,full,sliding,packcache}`` (every preset of the core), one
+  ``--packcache-<knob>`` flag per knob of the core's ``PackCacheConfig`` and ``--packcache-mode
+  {next-token,frame-parallel}`` on ``vllm serve`` (``add_arguments``; the plugin hooks it into
+  vLLM's parser through ``vllm_flags``), expanded into vLLM's own engine settings by
+  ``overrides_from_namespace``.
 - Offline: ``LLM(model, **engine_overrides("packcache", window=2))`` (``mode="frame-parallel"``
   for Lumos-1's frame-parallel generation).
-- Engine side: ``packcache_config_from(vllm_config)`` reads ``additional_config["packcache"]``
-  back (validating again: it can be written by hand).
-- Per request: ``parse_request_overrides(sampling_params.extra_args, base)``.
+- Engine side and per request: ``settings.py`` (re-exported here: ``packcache_config_from``,
+  ``parse_request_overrides``, ...), which the engine imports; the engine never imports this
+  module.
 
 A wrong value is a ValueError (an argparse error on the command line) naming the knob, the value
 and the allowed range; never a silent fallback. With policy ``none`` nothing is touched: vLLM runs
 exactly as if the plugin were not installed.
 
-Pure Python: importing this module never imports vLLM (the platform is asked through compat.py
-only when ``device`` is not given).
+Pure Python: importing this module never imports vLLM (the platform is asked through the engine's
+vLLM seam only when ``device`` is not given).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
 from typing import Any
 
-from packcache_vllm.core.budget import PRESETS, PackCacheConfig
-from packcache_vllm.core.select import SELECTORS
+from packcache_vllm.core import knobs as core_knobs
+from packcache_vllm.core.policies import KNOB_SPECS, POLICY_SPECS
 from packcache_vllm.engine.attention_backend import frame_parallel_backend_settings
+from packcache_vllm.settings import (  # the names below are part of this module's API too
+    ADDITIONAL_CONFIG_KEY,
+    ARDF_REQUEST_PREFIX,
+    ENTRY_NAMING,
+    FLAG_NAMING,
+    FRAME_PARALLEL,
+    KEYWORD_NAMING,
+    KNOB_RANGES,
+    KNOBS,
+    MODE_FLAG,
+    MODE_KEY,
+    MODES,
+    NEXT_TOKEN,
+    NO_POLICY,
+    POLICIES,
+    POLICY_FLAG,
+    REQUEST_FLAT_PREFIX,
+    REQUEST_KEY,
+    Naming,
+    Settings,
+    check_knob,
+    check_mode,
+    check_policy,
+    config_entry,
+    knob_dest,
+    knob_flag,
+    knob_is_valid,
+    packcache_config_from,
+    packcache_mode_from,
+    parse_request_overrides,
+    policy_config,
+    refuse_boolean_knobs,
+)
 
-NO_POLICY = "none"
-POLICIES = (NO_POLICY, *PRESETS)
-KNOBS = ("window", "decay", "min_keep", "selector")
-KNOB_RANGES = {
-    "window": "an integer >= 1 (frames)",
-    "decay": "a number in (0, 1]",
-    "min_keep": "a number in [0, 1]",
-    "selector": f"one of {sorted(SELECTORS)}",
-}
-ADDITIONAL_CONFIG_KEY = "packcache"
-REQUEST_KEY = "packcache"  # SamplingParams.extra_args["packcache"] = {"window": 2, ...}
-REQUEST_FLAT_PREFIX = "packcache_"  # ... or flat keys, the only form vllm_xargs can carry
-ARDF_REQUEST_PREFIX = "ardf_"  # frame-parallel sampler knobs (engine/ardf_requests.py)
+__all__ = [
+    "ADDITIONAL_CONFIG_KEY", "ARDF_REQUEST_PREFIX", "ENTRY_NAMING", "FLAG_NAMING",
+    "FRAME_PARALLEL", "KEYWORD_NAMING", "KNOB_RANGES", "KNOBS", "MODE_FLAG", "MODE_KEY", "MODES",
+    "NEXT_TOKEN", "NO_POLICY", "POLICIES", "POLICY_FLAG", "REQUEST_FLAT_PREFIX", "REQUEST_KEY",
+    "Naming", "Settings", "check_knob", "check_mode", "check_policy", "config_entry",
+    "knob_dest", "knob_flag", "knob_is_valid", "packcache_config_from", "packcache_mode_from",
+    "parse_request_overrides", "policy_config", "refuse_boolean_knobs",
+    "engine_overrides", "overrides_from_namespace", "add_arguments", "vllm_flags",
+]  # fmt: skip
+
 SCHEDULER_CLS = "packcache_vllm.engine.scheduler.PackCacheScheduler"
 WORKER_CLS_BY_DEVICE = {
     "cpu": "packcache_vllm.engine.worker.PackCacheCPUWorker",
     "cuda": "packcache_vllm.engine.worker.PackCacheGPUWorker",
 }
-# Generation modes: next-token (one token per step) or Lumos-1's frame-parallel AR-DF (a whole
-# frame denoised per step; ``engine/ardf_*.py``). Only frame-parallel is written into the entry,
-# so a next-token engine's settings are exactly what they were before modes existed.
-NEXT_TOKEN = "next-token"
-FRAME_PARALLEL = "frame-parallel"
-MODES = (NEXT_TOKEN, FRAME_PARALLEL)
-MODE_KEY = "mode"
-MODE_FLAG = "--packcache-mode"
 MODE_DEST = "packcache_mode"
 FRAME_PARALLEL_SCHEDULER_CLS = "packcache_vllm.engine.ardf_scheduler.ARDFScheduler"
 FRAME_PARALLEL_WORKER_CLS_BY_DEVICE = {
@@ -69,88 +90,7 @@ FRAME_PARALLEL_WORKER_CLS_BY_DEVICE = {
 V2_RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
 CUDA_ENGINE_SETTINGS = {"async_scheduling": False}
 GROUP_TITLE = "PackCache"  # `vllm serve --help=PackCache` shows the group
-POLICY_FLAG = "--kv-policy"
 POLICY_DEST = "kv_policy"
-
-
-def knob_flag(knob: str) -> str:
-    return "--packcache-" + knob.replace("_", "-")
-
-
-def knob_dest(knob: str) -> str:
-    return "packcache_" + knob
-
-
-@dataclass(frozen=True)
-class Naming:
-    """How the policy and each knob are called in messages, by where they came from."""
-
-    policy: str
-    knobs: Mapping[str, str]
-
-
-FLAG_NAMING = Naming(POLICY_FLAG, {knob: knob_flag(knob) for knob in KNOBS})
-KEYWORD_NAMING = Naming("policy", {knob: knob for knob in KNOBS})
-ENTRY_NAMING = Naming(
-    f"additional_config[{ADDITIONAL_CONFIG_KEY!r}]['policy']",
-    {knob: f"additional_config[{ADDITIONAL_CONFIG_KEY!r}][{knob!r}]" for knob in KNOBS},
-)
-
-
-# --- validation -----------------------------------------------------------------------------
-
-
-def knob_is_valid(knob: str, value: object) -> bool:
-    """Whether PackCacheConfig's own rules accept ``value`` for ``knob``."""
-    try:
-        replace(PackCacheConfig(), **{knob: value})
-    except ValueError:
-        return False
-    return True
-
-
-def check_knob(knob: str, value: object, name: str) -> None:
-    """Raise ValueError naming ``name``, the value and the allowed range if ``value`` is bad."""
-    if not knob_is_valid(knob, value):
-        raise ValueError(f"{name} must be {KNOB_RANGES[knob]}, got {value!r}")
-
-
-def check_policy(policy: object, name: str) -> str:
-    if policy not in POLICIES:
-        raise ValueError(f"{name} must be one of {list(POLICIES)}, got {policy!r}")
-    return policy
-
-
-def policy_config(
-    policy: str, knobs: Mapping[str, object], naming: Naming
-) -> PackCacheConfig | None:
-    """The validated PackCacheConfig of ``policy`` with ``knobs`` overriding its preset; None for
-    policy ``none`` (which takes no knobs)."""
-    check_policy(policy, naming.policy)
-    unknown = sorted(set(knobs) - set(KNOBS))
-    if unknown:
-        raise ValueError(f"unknown PackCache knob(s) {unknown}; valid knobs: {list(KNOBS)}")
-    if policy == NO_POLICY:
-        if knobs:
-            first = next(knob for knob in KNOBS if knob in knobs)
-            raise ValueError(f"{naming.knobs[first]} needs {naming.policy} {'|'.join(PRESETS)}")
-        return None
-    for knob, value in knobs.items():
-        check_knob(knob, value, naming.knobs[knob])
-    return PackCacheConfig.preset(policy, **knobs)
-
-
-def config_entry(policy: str, config: PackCacheConfig, mode: str = NEXT_TOKEN) -> dict[str, Any]:
-    """The ``additional_config["packcache"]`` entry: the policy, every resolved knob, and the
-    mode when it is not next-token."""
-    entry = {"policy": policy, **{knob: getattr(config, knob) for knob in KNOBS}}
-    return entry if mode == NEXT_TOKEN else {**entry, MODE_KEY: mode}
-
-
-def check_mode(mode: object, name: str) -> str:
-    if mode not in MODES:
-        raise ValueError(f"{name} must be one of {list(MODES)}, got {mode!r}")
-    return mode
 
 
 def engine_classes(mode: str, device: str) -> tuple[str, str]:
@@ -195,14 +135,11 @@ def expand(
     mode: str = NEXT_TOKEN,
     mode_name: str = MODE_FLAG,
 ) -> dict[str, Any]:
-    check_mode(mode, mode_name)
-    config = policy_config(policy, knobs, naming)
-    if config is None:
-        if mode != NEXT_TOKEN:
-            raise ValueError(f"{mode_name} {mode} needs {naming.policy} {'|'.join(PRESETS)}")
+    settings = Settings.build(policy, knobs, naming, mode, mode_name)
+    if not settings.active:
         return {}
-    entry = config_entry(policy, config, mode)
     device = device or current_device()
+    check_tested_vllm(policy)
     scheduler_cls, worker_cls = engine_classes(mode, device)
     check_engine_settings(policy, engine_settings, scheduler_cls, worker_cls)
     device_settings = check_device_settings(policy, device, engine_settings)
@@ -215,15 +152,23 @@ def expand(
         "enable_prefix_caching": False,
         **device_settings,
         "additional_config": merged_additional_config(
-            engine_settings.get("additional_config"), entry
+            engine_settings.get("additional_config"), settings.entry()
         ),
     }
 
 
 def current_device() -> str:
-    from packcache_vllm.engine import compat
+    from packcache_vllm.engine.seam import process
 
-    return compat.current_device()
+    return process.current_device()
+
+
+def check_tested_vllm(policy: str) -> None:
+    """ValueError naming both versions unless the installed vLLM is the one the plugin was
+    tested on (or ``PACKCACHE_ALLOW_UNTESTED_VLLM`` forces it)."""
+    from packcache_vllm.engine.seam import version
+
+    version.check_tested_vllm(f"PackCache policy {policy!r}")
 
 
 def check_device_settings(
@@ -248,12 +193,12 @@ def check_device_settings(
 def check_block_size(policy: str, device: str, block_size: int | None) -> None:
     """ValueError, at parse time, for a given block size that the CPU attention backend cannot
     run (vLLM itself fails only once the engine is built, after the model has loaded). The rule
-    is vLLM's own (``compat.cpu_attention_block_size_need``)."""
+    is vLLM's own (``seam.process.cpu_attention_block_size_need``)."""
     if block_size is None or device != "cpu":
         return
-    from packcache_vllm.engine import compat
+    from packcache_vllm.engine.seam import process
 
-    need = compat.cpu_attention_block_size_need(block_size)
+    need = process.cpu_attention_block_size_need(block_size)
     if need is not None:
         raise ValueError(
             f"--block-size {block_size} (block_size): vLLM's CPU attention backend needs "
@@ -359,15 +304,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest=POLICY_DEST,
         choices=POLICIES,
         default=NO_POLICY,
-        help=(
-            "KV cache policy for video generation:\n"
-            "- none: the plugin changes nothing; stock vLLM.\n"
-            "- full: the PackCache engine keeping every frame whole (no eviction).\n"
-            "- sliding: keep only the newest complete frame, whole (W=1).\n"
-            "- packcache: keep the newest W frames, older ones thinned to "
-            "max(rho^d, b) of their tokens (W=4, rho=0.5, b=3/W).\n\n"
-            "Prompt and conditioning tokens are always kept."
-        ),
+        help=policy_help(),
     )
     group.add_argument(
         MODE_FLAG,
@@ -388,50 +325,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "fixed). CPU only."
         ),
     )
-    group.add_argument(
-        knob_flag("window"),
-        dest=knob_dest("window"),
-        metavar="W",
-        type=_knob_parser("window", int),
-        default=argparse.SUPPRESS,
-        help=(
-            "Frames of history kept, an integer >= 1: a frame at distance >= W from the newest "
-            "complete frame is dropped whole. Preset: sliding 1, packcache 4, full unbounded."
-        ),
+    for knob in KNOBS:
+        add_knob_flag(group, knob)
+
+
+def policy_help() -> str:
+    """--kv-policy's help: what each policy does (the words of the core's registry)."""
+    presets = "".join(f"- {name}: {POLICY_SPECS[name].summary}.\n" for name in POLICIES[1:])
+    return (
+        "KV cache policy for video generation:\n"
+        f"- {NO_POLICY}: the plugin changes nothing; stock vLLM.\n{presets}\n"
+        "Prompt and conditioning tokens are always kept."
     )
+
+
+def add_knob_flag(group, knob: str) -> None:
+    """``--packcache-<knob>``: its value converted and checked by the core's rules."""
+    spec, choices = KNOB_SPECS[knob], core_knobs.knob_choices(knob)
+    wording = {"help": core_knobs.flag_help(knob), "default": argparse.SUPPRESS}
+    if choices is not None:
+        group.add_argument(knob_flag(knob), dest=knob_dest(knob), choices=choices, **wording)
+        return
+    parse = _knob_parser(knob, spec.parse)
     group.add_argument(
-        knob_flag("decay"),
-        dest=knob_dest("decay"),
-        metavar="RHO",
-        type=_knob_parser("decay", float),
-        default=argparse.SUPPRESS,
-        help=(
-            "Share of its tokens a frame at distance d keeps, rho^d, with 0 < rho <= 1. "
-            "Preset: packcache 0.5, full and sliding 1."
-        ),
-    )
-    group.add_argument(
-        knob_flag("min_keep"),
-        dest=knob_dest("min_keep"),
-        metavar="B",
-        type=_knob_parser("min_keep", float),
-        default=argparse.SUPPRESS,
-        help=(
-            "Floor on a kept frame's share of tokens, 0 <= b <= 1. "
-            "Preset: packcache 3/W (0.75 at W=4, capped at 1), full and sliding 1."
-        ),
-    )
-    group.add_argument(
-        knob_flag("selector"),
-        dest=knob_dest("selector"),
-        choices=sorted(SELECTORS),
-        default=argparse.SUPPRESS,
-        help=(
-            "Which tokens of a thinned frame survive: uniform (evenly spread over the frame) "
-            "or key_norm (largest key norms in the last layer, read by the worker when the "
-            "frame completes). "
-            "Preset: uniform."
-        ),
+        knob_flag(knob), dest=knob_dest(knob), metavar=spec.metavar, type=parse, **wording
     )
 
 
@@ -470,108 +387,9 @@ def overrides_from_namespace(namespace: argparse.Namespace, device: str | None =
     return expand(policy, knobs, settings, device, FLAG_NAMING, mode, MODE_FLAG)
 
 
-# --- engine side ----------------------------------------------------------------------------
+def vllm_flags():
+    """What the plugin hooks into vLLM's parser (``seam.process.install_cli_hooks``): these
+    flags, their expansion into EngineArgs fields, and the log line saying what they gave."""
+    from packcache_vllm.engine.seam.process import CliFlags
 
-
-def packcache_config_from(source: object) -> tuple[str, PackCacheConfig | None]:
-    """The policy and its validated config from a VllmConfig (or its ``additional_config``).
-
-    ``("none", None)`` when there is no ``additional_config["packcache"]``. Raises ValueError
-    naming the key, the value and the allowed range.
-    """
-    additional = source if isinstance(source, Mapping) else getattr(source, "additional_config", {})
-    entry = additional.get(ADDITIONAL_CONFIG_KEY) if isinstance(additional, Mapping) else None
-    if entry is None:
-        return NO_POLICY, None
-    if not isinstance(entry, Mapping):
-        raise ValueError(
-            f"additional_config[{ADDITIONAL_CONFIG_KEY!r}] must be a dict with 'policy' and "
-            f"knobs {list(KNOBS)}, got {entry!r}"
-        )
-    unknown = sorted(set(entry) - {"policy", MODE_KEY, *KNOBS})
-    if unknown:
-        raise ValueError(
-            f"unknown additional_config[{ADDITIONAL_CONFIG_KEY!r}] key(s) {unknown}; "
-            f"valid keys: {['policy', MODE_KEY, *KNOBS]}"
-        )
-    policy = entry.get("policy")
-    knobs = {knob: entry[knob] for knob in KNOBS if knob in entry}
-    return policy, policy_config(policy, knobs, ENTRY_NAMING)
-
-
-def packcache_mode_from(source: object) -> str:
-    """The generation mode in a VllmConfig (or its ``additional_config``): next-token when no
-    entry or no mode is given. Raises ValueError naming the key and the value."""
-    additional = source if isinstance(source, Mapping) else getattr(source, "additional_config", {})
-    entry = additional.get(ADDITIONAL_CONFIG_KEY) if isinstance(additional, Mapping) else None
-    if not isinstance(entry, Mapping):
-        return NEXT_TOKEN
-    name = f"additional_config[{ADDITIONAL_CONFIG_KEY!r}][{MODE_KEY!r}]"
-    return check_mode(entry.get(MODE_KEY, NEXT_TOKEN), name)
-
-
-# --- per request ----------------------------------------------------------------------------
-
-
-def parse_request_overrides(
-    extra_args: Mapping[str, Any] | None, base: PackCacheConfig
-) -> PackCacheConfig:
-    """``base`` with the knobs a request gives in ``SamplingParams.extra_args`` replaced.
-
-    Two forms: ``extra_args["packcache"] = {"window": 2, ...}`` (offline), or flat keys
-    ``extra_args["packcache_window"] = 2`` (the only form ``vllm_xargs`` over HTTP can carry:
-    its values are scalars or lists). Knobs not given keep ``base``'s values (no preset
-    re-derivation). Other keys of ``extra_args`` are not ours and are ignored.
-    """
-    given = _request_knobs(extra_args or {})
-    for knob, (name, value) in given.items():
-        check_knob(knob, value, name)
-    return replace(base, **{knob: value for knob, (_, value) in given.items()})
-
-
-def refuse_boolean_knobs(request_args: Mapping[str, Any], name: str = "vllm_xargs") -> None:
-    """ValueError naming the first ``packcache_*`` / ``ardf_*`` key of ``request_args`` whose
-    value is a boolean (or a list holding one). No knob is a boolean, and the OpenAI server's
-    schema turns JSON ``true`` into ``1`` before any check sees it, so it is refused in the raw
-    request (``engine/http_guard.py``); ``name`` says where ``request_args`` came from."""
-    for key, value in request_args.items():
-        if not isinstance(key, str) or not key.startswith(
-            (REQUEST_FLAT_PREFIX, ARDF_REQUEST_PREFIX)
-        ):
-            continue
-        values = value if isinstance(value, list) else [value]
-        if any(isinstance(item, bool) for item in values):
-            raise ValueError(
-                f"{name}[{key!r}] must be a number or a name, got the boolean "
-                f"{json.dumps(value)}: no PackCache (packcache_*) or frame-parallel (ardf_*) "
-                "knob is a boolean"
-            )
-
-
-def _request_knobs(extra_args: Mapping[str, Any]) -> dict[str, tuple[str, object]]:
-    """knob -> (the name it was given under, value), from both request forms."""
-    given: dict[str, tuple[str, object]] = {}
-    nested = extra_args.get(REQUEST_KEY, {})
-    if not isinstance(nested, Mapping):
-        raise ValueError(
-            f"extra_args[{REQUEST_KEY!r}] must be a dict of knobs {list(KNOBS)}, got {nested!r}"
-        )
-    for key, value in nested.items():
-        _check_request_key(key, key, valid=list(KNOBS))
-        given[key] = (f"extra_args[{REQUEST_KEY!r}][{key!r}]", value)
-    flat_keys = [k for k in extra_args if isinstance(k, str) and k.startswith(REQUEST_FLAT_PREFIX)]
-    for key in flat_keys:
-        knob = key.removeprefix(REQUEST_FLAT_PREFIX)
-        _check_request_key(knob, key, valid=[knob_dest(k) for k in KNOBS])
-        if knob in given:
-            raise ValueError(
-                f"PackCache knob {knob!r} given twice in extra_args: as "
-                f"{given[knob][0]} and as extra_args[{key!r}]"
-            )
-        given[knob] = (f"extra_args[{key!r}]", extra_args[key])
-    return given
-
-
-def _check_request_key(knob: object, key: object, valid: list[str]) -> None:
-    if knob not in KNOBS:
-        raise ValueError(f"unknown PackCache request key {key!r}; valid keys: {valid}")
+    return CliFlags(add_arguments, overrides_from_namespace, describe_overrides)

@@ -17,19 +17,29 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    from packcache_vllm import metrics
-    from packcache_vllm.engine import compat
+    from packcache_vllm import cli, metrics
+    from packcache_vllm.engine.seam import process, version
     from packcache_vllm.model.config_hook import (
         LUMOS_ARCHITECTURE,
         MODEL_CLASS_PATH,
         LumosConfigHook,
     )
 
-    compat.register_model(LUMOS_ARCHITECTURE, MODEL_CLASS_PATH)
-    compat.register_config_hook(LUMOS_ARCHITECTURE, LumosConfigHook)
-    compat.install_cli_hooks()  # --kv-policy and --packcache-* on `vllm serve`
-    compat.install_request_checks()  # bad per-request overrides / prompts: HTTP 400
-    compat.install_shutdown_aborts()  # SIGTERM: in-flight clients get a terminal response
+    process.register_model(LUMOS_ARCHITECTURE, MODEL_CLASS_PATH)
+    process.install_cli_hooks(cli.vllm_flags())  # --kv-policy and --packcache-* on `vllm serve`
+    if version.is_tested():
+        process.register_config_hook(LUMOS_ARCHITECTURE, LumosConfigHook)
+        process.install_request_checks(check_request)  # bad overrides / prompts: HTTP 400
+        process.install_shutdown_aborts()  # SIGTERM: in-flight clients get a terminal response
+    else:  # a policy is refused at parse time (cli.check_tested_vllm), naming both versions
+        logger.warning(version.untested_vllm("packcache_vllm", version.installed_vllm()))
     metrics.register_collector(metrics.ensure_metrics_dir())  # packcache:* on /metrics
     _registered = True
     logger.debug("packcache_vllm registered %s", LUMOS_ARCHITECTURE)
+
+
+def check_request(vllm_config, prompt_token_ids, sampling_params) -> None:
+    """``engine.requests.check_request``, imported when the first request arrives."""
+    from packcache_vllm.engine.requests import check_request as check
+
+    check(vllm_config, prompt_token_ids, sampling_params)

@@ -193,10 +193,10 @@ def codec_for(model_dir: str | Path, cell_pixels: int | None = None) -> VisualCo
 
 def palette_checkpoint_keys() -> dict:
     """config.json keys of a palette checkpoint trained on the synthetic scenes
-    (``video.tokens.scene_prompt``: the caption alone, ``VIDEO_FPS`` frames per second)."""
-    from packcache_vllm.video.tokens import VIDEO_FPS
+    (``video.tokens.scene_prompt``: the caption alone, ``SCENE_FPS`` frames per second)."""
+    from packcache_vllm.video.scene import SCENE_FPS
 
-    return {CODEC_KEY: {"kind": PALETTE}, FPS_KEY: VIDEO_FPS, PROMPT_KEY: "caption"}
+    return {CODEC_KEY: {"kind": PALETTE}, FPS_KEY: SCENE_FPS, PROMPT_KEY: "caption"}
 
 
 def emu3_checkpoint_keys(path: str = "vq") -> dict:

@@ -4,14 +4,11 @@ runner (start vLLM with ``VLLM_USE_V2_MODEL_RUNNER=0``; the worker refuses V2 by
 
 from __future__ import annotations
 
-from vllm.v1.worker.gpu_worker import Worker
-
-from packcache_vllm.engine.worker import check_v1_runner
+from packcache_vllm.engine.seam.running import GPUWorkerSeam
 
 
-class ARDFGPUWorker(Worker):
-    def _make_model_runner(self):
-        check_v1_runner(self, "CUDA")
+class ARDFGPUWorker(GPUWorkerSeam):
+    def runner_class(self) -> type:
         from packcache_vllm.engine.ardf_gpu_runner import ARDFGPUModelRunner
 
-        return ARDFGPUModelRunner(self.vllm_config, self.device)
+        return ARDFGPUModelRunner

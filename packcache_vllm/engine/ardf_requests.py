@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from packcache_vllm.cli import ARDF_REQUEST_PREFIX as ARDF_PREFIX
 from packcache_vllm.core.layout import FrameLayout, unconditional_prompt
 from packcache_vllm.core.maskgit import ARDFSamplingParams
+from packcache_vllm.settings import ARDF_REQUEST_PREFIX as ARDF_PREFIX
 
 
 def ardf_keys(extra_args: Mapping[str, Any] | None) -> list[str]:

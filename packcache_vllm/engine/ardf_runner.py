@@ -16,15 +16,16 @@ An unconditional twin (``twins``) has its own state for its prompt (frame start,
 but forwards its conditioned request's canvases and commits, scheduled in the same step; the
 two rows' logits are blended (CFG) in the conditioned request's denoising step.
 
-Hooks (vLLM 0.32 V1 runner internals, see patches/README.md):
+Hooks (``seam.running.RunnerSeam``'s, around vLLM 0.32 V1 runner internals; patches/README.md):
 
-1. ``_prepare_inputs`` (before vLLM's): write each row's input ids into ``token_ids_cpu`` over
-   vLLM's placeholders, and fill the per-request causal flags;
+1. ``before_inputs`` (before vLLM's ``_prepare_inputs``): write each row's input ids into
+   ``token_ids_cpu`` over vLLM's placeholders, and fill the per-request causal flags;
 2. attention-metadata builders (``compat.wrap_attention_builders``): the flags
    (``causal_flags``, on the runner's device) replace vLLM's ``causal=True``, so CPU_ATTN
    (``dynamic_causal``) or, on CUDA, TRITON_ATTN (``per_seq_causal_ptr``) runs the canvas rows
    non-causally;
-3. ``_bookkeeping_sync``: vLLM's own sampled token is discarded for every row; the DENOISE rows'
+3. ``before_bookkeeping`` / ``after_bookkeeping`` (around vLLM's ``_bookkeeping_sync``): vLLM's
+   own sampled token is discarded for every row; the DENOISE rows'
    hidden states go through the visual rows of the LM head and one batched
    ``core.maskgit.denoise_step``; COMMIT rows emit their frame.
 
@@ -51,7 +52,7 @@ from packcache_vllm.core.maskgit import (
     frame_template,
     visual_cells,
 )
-from packcache_vllm.engine import compat, twins
+from packcache_vllm.engine import twins
 from packcache_vllm.engine.ardf_requests import ardf_params_of
 from packcache_vllm.engine.ardf_state import CanvasState, FinishedTraces
 from packcache_vllm.engine.causal_flags import CausalFlags
@@ -98,7 +99,7 @@ class ARDFRunnerMixin:
 
     def initialize_kv_cache(self, *args, **kwargs) -> None:
         super().initialize_kv_cache(*args, **kwargs)
-        compat.wrap_attention_builders(self, self.causal_rows)
+        self.use_causal_rows(self.causal_rows)
 
     def causal_rows(self, num_reqs: int) -> torch.Tensor | None:
         return self.causal_flags.rows(num_reqs)  # [num_reqs] int32 on the device, None: causal
@@ -113,17 +114,17 @@ class ARDFRunnerMixin:
         self.causal_flags.clear()
         return super().execute_model(scheduler_output, *args, **kwargs)
 
-    def _prepare_inputs(self, scheduler_output, num_scheduled_tokens, *args, **kwargs):
+    def before_inputs(self, scheduler_output, num_scheduled_tokens: np.ndarray) -> None:
+        super().before_inputs(scheduler_output, num_scheduled_tokens)
         self.step_rows = self.plan_rows(scheduler_output, num_scheduled_tokens)
         for step_row in self.step_rows:
             self.write_row_input(step_row)
         self.causal_flags.set_rows([step_row.kind.causal for step_row in self.step_rows])
-        return super()._prepare_inputs(scheduler_output, num_scheduled_tokens, *args, **kwargs)
 
     def plan_rows(self, scheduler_output, num_scheduled_tokens: np.ndarray) -> tuple[StepRow, ...]:
         """num_scheduled_tokens: [num_reqs] tokens per batch row (vLLM's row order)."""
         rows, start = [], 0
-        for row, request_id in enumerate(self.input_batch.req_ids[: self.input_batch.num_reqs]):
+        for row, request_id in enumerate(self.batch_request_ids()):
             end = start + int(num_scheduled_tokens[row])
             kind = self.row_kind(scheduler_output, row, request_id, end - start)
             rows.append(StepRow(row, request_id, kind, start, end))
@@ -134,7 +135,7 @@ class ARDFRunnerMixin:
         state = self.canvas_of(request_id)
         if request_id in scheduler_output.scheduled_spec_decode_tokens:
             return RowKind.COMMIT if self.video_of(request_id).committing else RowKind.DENOISE
-        computed = int(self.input_batch.num_computed_tokens_cpu[row])
+        computed = self.computed_tokens_of_row(row)
         if computed < state.frame_start:
             return RowKind.TEXT
         if num_tokens != self.canvas_template.numel():
@@ -147,10 +148,9 @@ class ARDFRunnerMixin:
     def canvas_of(self, request_id: str) -> CanvasState:
         state = self.canvases.get(request_id)
         if state is None:
-            request = self.requests[request_id]
             state = CanvasState.start(
-                ardf_params_of(request.sampling_params),
-                find_frame_start(list(request.prompt_token_ids)),
+                ardf_params_of(self.sampling_params_of(request_id)),
+                find_frame_start(self.prompt_token_ids_of(request_id)),
                 self.canvas_template,
                 self.frame_rows,
                 self.frame_cols,
@@ -171,24 +171,23 @@ class ARDFRunnerMixin:
             return
         state = self.canvases[step_row.request_id]
         row = step_row.row
-        computed = int(self.input_batch.num_computed_tokens_cpu[row])
-        window = slice(computed, computed + step_row.end - step_row.start)
+        start = self.computed_tokens_of_row(row)
         if step_row.kind is RowKind.DENOISE:
             ids = self.video_of(step_row.request_id).canvas
         elif step_row.kind is RowKind.COMMIT:
             ids = self.video_of(step_row.request_id).commit_input()
         else:
-            given = torch.from_numpy(self.input_batch.token_ids_cpu[row, window].astype(np.int64))
+            given = self.row_token_ids(row, start, start + step_row.end - step_row.start)
             ids = apply_history_mask(given, state.condition_mask)
-        self.input_batch.token_ids_cpu[row, window] = ids.numpy()
+        self.write_row_token_ids(row, start, ids)
 
     # --- after the forward ------------------------------------------------------------------
-    def _bookkeeping_sync(self, scheduler_output, sampler_output, logits, hidden_states, *args):
-        num_reqs = self.input_batch.num_reqs
-        self.discard_request_mask.np[:num_reqs] = True  # vLLM's next-token sample is never used
-        result = super()._bookkeeping_sync(
-            scheduler_output, sampler_output, logits, hidden_states, *args
-        )
+    def before_bookkeeping(self) -> None:
+        super().before_bookkeeping()
+        self.discard_sampled_tokens()  # vLLM's next-token sample is never used
+
+    def after_bookkeeping(self, sampled_token_ids: list[list[int]], hidden_states) -> None:
+        super().after_bookkeeping(sampled_token_ids, hidden_states)
         denoising = [r for r in self.step_rows if r.kind is RowKind.DENOISE]
         by_id = {r.request_id: r for r in denoising}
         guided, unguided = [], []
@@ -200,11 +199,10 @@ class ARDFRunnerMixin:
         self.denoise(guided, [self.twin_row(r, by_id) for r in guided], hidden_states)
         committing = [r for r in self.step_rows if r.kind is RowKind.COMMIT]
         for step_row in committing:
-            self.emit_frame(step_row, result[3])  # result[3]: the rows' sampled token ids
+            self.emit_frame(step_row, sampled_token_ids)
         for step_row in committing:
             if not twins.is_twin(step_row.request_id):
                 self.canvases[step_row.request_id].next_frame(self.canvas_template)
-        return result
 
     @staticmethod
     def twin_row(step_row: StepRow, by_id: dict[str, StepRow]) -> StepRow:
@@ -251,17 +249,10 @@ class ARDFRunnerMixin:
         hidden = torch.stack([hidden_states[r.start : r.end] for r in rows])  # [B, F, D]
         return self.visual_logits(hidden).cpu()
 
-    def emit_frame(self, step_row: StepRow, valid_sampled_token_ids: list[list[int]]) -> None:
-        """Emit the committed frame's F tokens as the row's sampled tokens (as vLLM records its
-        own: token_ids_cpu, num_tokens_no_spec, the request's output ids)."""
+    def emit_frame(self, step_row: StepRow, sampled_token_ids: list[list[int]]) -> None:
+        """Emit the committed frame's F tokens as the row's sampled tokens."""
         ids = self.video_of(step_row.request_id).canvas.tolist()
-        row, batch = step_row.row, self.input_batch
-        start = int(batch.num_tokens_no_spec[row])
-        batch.token_ids_cpu[row, start : start + len(ids)] = ids
-        batch.is_token_ids[row, start : start + len(ids)] = True
-        batch.num_tokens_no_spec[row] = start + len(ids)
-        self.requests[step_row.request_id].output_token_ids.extend(ids)
-        valid_sampled_token_ids[row] = ids
+        self.emit_tokens(step_row.row, step_row.request_id, ids, sampled_token_ids)
 
     def traced_request_ids(self) -> list[str]:
         """Engine-side ids of the requests whose traces this runner holds."""

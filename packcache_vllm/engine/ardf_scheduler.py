@@ -14,8 +14,8 @@ placeholders in ``request.spec_token_ids``:
 Which of the two a step is, and what the canvas holds, is the runner's business
 (``ardf_runner``). Here:
 
-* a canvas is scheduled whole or not at all (``_reserve_prefill_lookahead`` is vLLM's per-request
-  cut of ``num_new_tokens``, called for running and waiting requests alike);
+* a canvas is scheduled whole or not at all (``tokens_to_schedule``: vLLM's per-request cut of
+  ``num_new_tokens``, called for running and waiting requests alike; ``seam.scheduling``);
 * a prompt (or a recomputation after preemption) is prefilled in segments the runner can give
   one attention mask each: the text (causal), then one frame at a time (bidirectional);
 * vLLM's speculative-decoding statistics, which assume a drafter, are not collected;
@@ -34,17 +34,20 @@ from __future__ import annotations
 from vllm.v1.request import RequestStatus
 
 from packcache_vllm.core.layout import LUMOS_TOKENS, tokens_per_frame, unconditional_prompt
-from packcache_vllm.engine import compat, faults, twins
+from packcache_vllm.engine import faults, twins
 from packcache_vllm.engine.ardf_requests import ardf_params_of
 from packcache_vllm.engine.scheduler import PackCacheScheduler
+from packcache_vllm.engine.seam.process import vllm_logger
 
-logger = compat.vllm_logger(__name__)
+logger = vllm_logger(__name__)
 
 
 class ARDFScheduler(PackCacheScheduler):
+    counts_draft_tokens = False  # canvases ride the draft slots: nothing to count
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.num_sampled_tokens_per_step = 0  # KV kept <=> tokens emitted
+        self.keep_kv_of_emitted_tokens_only()
         self.tokens_per_frame = tokens_per_frame(self.frame_rows, self.frame_cols)
         self.twin_of: dict[str, str] = {}  # conditioned request id -> its twin's id
         self.step_tokens = 0  # tokens handed out so far in the current schedule()
@@ -108,7 +111,7 @@ class ARDFScheduler(PackCacheScheduler):
         """A conditioned request is admitted only if its twin (not admitted yet) fits too."""
         blocks = super().admission_blocks_of(request_id)
         twin = self.twin_of.get(request_id)
-        if twin in self.requests and not self.block_manager.req_to_blocks.get(twin):
+        if twin in self.requests and not self.num_held_blocks(twin):
             blocks += self.bound_blocks(self.requests[twin])
         return blocks
 
@@ -167,10 +170,7 @@ class ARDFScheduler(PackCacheScheduler):
                 )
 
     # --- vLLM's per-request cut of the tokens scheduled this step ----------------------------
-    def _reserve_prefill_lookahead(self, request, num_computed_tokens, num_new_tokens):
-        num_new_tokens = super()._reserve_prefill_lookahead(
-            request, num_computed_tokens, num_new_tokens
-        )
+    def tokens_to_schedule(self, request, num_computed_tokens: int, num_new_tokens: int) -> int:
         if request.spec_token_ids:
             num_new_tokens = self.canvas_tokens(request, num_new_tokens)
         else:
@@ -194,8 +194,7 @@ class ARDFScheduler(PackCacheScheduler):
         return per_frame
 
     def budget_left(self) -> int:
-        budget = min(self.max_num_scheduled_tokens, self.scheduler_config.max_num_batched_tokens)
-        return budget - self.step_tokens
+        return self.step_token_budget() - self.step_tokens
 
     def prefill_segment(self, request, num_computed_tokens: int, num_new_tokens: int) -> int:
         """Tokens of a prefill step: at most to the end of the text, or exactly one frame."""
@@ -209,16 +208,10 @@ class ARDFScheduler(PackCacheScheduler):
             )
         return self.tokens_per_frame if num_new_tokens >= self.tokens_per_frame else 0
 
-    def make_stats(self, *args, **kwargs):
-        """vLLM's stats, hidden twins left out of the request counts: a guided request is one
-        request to its client (its twin's blocks stay in the KV cache usage, where they are)."""
-        stats = super().make_stats(*args, **kwargs)
-        if stats is not None:
-            compat.leave_out_of_request_counts(stats, self, twins.is_twin)
-        return stats
-
-    def make_spec_decoding_stats(self, spec_decoding_stats, *args, **kwargs):
-        return spec_decoding_stats  # canvases are not drafts: nothing to count
+    def is_hidden_request(self, request_id: str) -> bool:
+        """Twins are left out of vLLM's request counts: a guided request is one request to its
+        client (its twin's blocks stay in the KV cache usage, where they are)."""
+        return twins.is_twin(request_id)
 
 
 def pairs_adjacent(running: list, twin_of: dict[str, str]) -> list:

@@ -1,7 +1,7 @@
 """vLLM's V1 GPU model runner with PackCache (FlashAttention / Triton / FlashInfer backends).
 
-The V1 runner is what ``runner.PackCacheRunnerMixin`` hooks (``_prepare_inputs``, ``self.
-positions``, ``self.seq_lens``, the V1 ``BlockTable``); the GPU backends store each token as a
+The V1 runner is what ``seam.running.runner_seam`` hooks (``_prepare_inputs``, ``positions``,
+``seq_lens``, the V1 ``BlockTable``); the GPU backends store each token as a
 plain ``[K | V]`` row, which ``kv_access`` detects at start-up and ``token_rows`` moves with
 index tensors on the GPU. vLLM 0.32 picks its V2 runner on GPU by default; the worker refuses it
 (``worker.PackCacheGPUWorker``), so start vLLM with ``VLLM_USE_V2_MODEL_RUNNER=0``.

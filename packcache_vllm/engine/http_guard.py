@@ -4,11 +4,11 @@ vLLM's request schema declares ``vllm_xargs`` values as ``str | int | float | li
 turns JSON ``true`` into ``1`` and ``false`` into ``0``: ``{"packcache_window": true}`` would run
 as W=1 with nothing downstream able to tell. ``BooleanKnobGuard`` reads the JSON body first and
 answers HTTP 400 (vLLM's error format) when a ``packcache_*`` / ``ardf_*`` key of ``vllm_xargs``
-holds a boolean (``cli.refuse_boolean_knobs``); every other request passes through untouched.
+holds a boolean (``settings.refuse_boolean_knobs``); every other request passes through untouched.
 
 It is a plain ASGI middleware (no vLLM import). ``--kv-policy`` adds it to vLLM's
-``--middleware`` list at parse time (``compat.add_request_guard``); offline, booleans arrive as
-booleans and the knob checks refuse them.
+``--middleware`` list at parse time (``seam.process.add_request_guard``); offline, booleans
+arrive as booleans and the knob checks refuse them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from packcache_vllm.cli import refuse_boolean_knobs
+from packcache_vllm.settings import refuse_boolean_knobs
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 
 from vllm.utils.math_utils import cdiv
 
-from packcache_vllm.cli import FRAME_PARALLEL, packcache_mode_from
 from packcache_vllm.core.budget import PackCacheConfig, bound_tokens
 from packcache_vllm.core.layout import FrameLayout, unconditional_prompt
 from packcache_vllm.engine import twins
+from packcache_vllm.engine.request_policy import request_policy, video_layout
+from packcache_vllm.settings import FRAME_PARALLEL, packcache_mode_from
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,6 @@ def refusal(fp: Footprint, pool_blocks: int, block_size: int) -> str:
 def cache_layouts(vllm_config, layout: FrameLayout, prompt_token_ids, sampling_params) -> list:
     """The layouts of the caches a request holds: its own, then its CFG twin's (frame-parallel
     mode with guidance)."""
-    from packcache_vllm.engine.requests import video_layout
-
     if packcache_mode_from(vllm_config) != FRAME_PARALLEL or not twins.needs_twin(sampling_params):
         return [layout]
     return [layout, video_layout(vllm_config, unconditional_prompt(prompt_token_ids))]
@@ -122,8 +121,6 @@ def check_fits_pool(
 ) -> None:
     """ValueError (an HTTP 400) if the request, its CFG twin included, can never fit the pool
     (``base``: the engine's policy, before the request's overrides)."""
-    from packcache_vllm.engine.requests import request_policy
-
     config = request_policy(base, sampling_params)
     pool_blocks = engine_pool_blocks(vllm_config)
     if pool_blocks is None:

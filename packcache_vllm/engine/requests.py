@@ -15,42 +15,15 @@ before the engine sees it.
 
 from __future__ import annotations
 
-from packcache_vllm.cli import (
-    FRAME_PARALLEL,
-    NO_POLICY,
-    packcache_config_from,
-    packcache_mode_from,
-    parse_request_overrides,
-)
-from packcache_vllm.core.budget import PackCacheConfig
-from packcache_vllm.core.layout import FrameLayout, find_frame_start, video_prompt_layout
-from packcache_vllm.core.maskgit import grid_token_ids
+from packcache_vllm.core.layout import find_frame_start
 from packcache_vllm.core.position_code import MAX_FRAME_START, MAX_INDEX
 from packcache_vllm.engine import ardf_requests, pool_fit
+from packcache_vllm.engine.request_policy import engine_policy, request_policy, video_layout
 from packcache_vllm.engine.vocab_check import check_request_token_ids
-from packcache_vllm.model.config_hook import LUMOS_ARCHITECTURE, check_time_rebase, frame_grid
+from packcache_vllm.model.config_hook import LUMOS_ARCHITECTURE, check_time_rebase
+from packcache_vllm.settings import FRAME_PARALLEL, packcache_mode_from
 
-
-def engine_policy(vllm_config) -> PackCacheConfig | None:
-    """The engine's PackCache config, or None when the plugin's policy is off."""
-    policy, config = packcache_config_from(vllm_config)
-    return None if policy == NO_POLICY else config
-
-
-def request_policy(base: PackCacheConfig, sampling_params) -> PackCacheConfig:
-    """The policy of one request: the engine's, with the request's overrides applied."""
-    return parse_request_overrides(getattr(sampling_params, "extra_args", None), base)
-
-
-def video_layout(vllm_config, prompt_token_ids) -> FrameLayout:
-    """The request's frame layout; ValueError naming the problem if the prompt is not a video."""
-    rows, cols = frame_grid(vllm_config.model_config.hf_config)
-    try:
-        return video_prompt_layout(prompt_token_ids, rows, cols, grid_token_ids(rows, cols))
-    except ValueError as err:
-        raise ValueError(
-            f"not a video prompt for this model ({rows}x{cols} frames): {err}"
-        ) from err
+__all__ = ["check_request", "engine_policy", "request_policy", "video_layout"]
 
 
 def serves_lumos(vllm_config) -> bool:

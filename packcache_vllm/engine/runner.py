@@ -19,7 +19,9 @@ rebases never accumulate rounding error (no drift in bf16).
 
 A request whose PackCache work raises here (its position codes, sorts, moves, re-rotation) fails
 alone: the step runs on for the whole batch, and the step's output names the request
-(``compat.with_failures``) for the scheduler to finish it with an error.
+(``seam.scheduling.with_failures``) for the scheduler to finish it with an error.
+
+vLLM's internals are reached only through ``seam.running``'s hooks and verbs (``runner_seam``).
 """
 
 from __future__ import annotations
@@ -28,17 +30,22 @@ import torch
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 
 from packcache_vllm.core.select import key_layer
-from packcache_vllm.engine import compat, faults
+from packcache_vllm.engine import faults
 from packcache_vllm.engine.kv_access import KVAccess, kv_access_for
 from packcache_vllm.engine.kv_layout import PageLayout, learn_page_layout
 from packcache_vllm.engine.plans import FramesToOrder, WorkerPlan, global_slots
+from packcache_vllm.engine.seam.process import vllm_logger
+from packcache_vllm.engine.seam.running import runner_seam
+from packcache_vllm.engine.seam.scheduling import plans_of, with_failures
 from packcache_vllm.model.config_hook import frame_grid
 
-logger = compat.vllm_logger(__name__)
+logger = vllm_logger(__name__)
 
 
+@runner_seam
 class PackCacheRunnerMixin:
-    """Mixed into a vLLM V1 ``GPUModelRunner`` subclass (CPU or GPU)."""
+    """Mixed in right before a vLLM V1 ``GPUModelRunner`` class (CPU or GPU); ``runner_seam``
+    gives it the runner's verbs and calls its hooks from vLLM's private methods."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -51,24 +58,22 @@ class PackCacheRunnerMixin:
 
     def initialize_kv_cache(self, kv_cache_config, *args, **kwargs) -> None:
         super().initialize_kv_cache(kv_cache_config, *args, **kwargs)
-        layer_name = kv_cache_config.kv_cache_groups[0].layer_names[0]
-        layer = self.compilation_config.static_forward_context[layer_name]
-        cache = self.kv_caches[0]
+        write, backend = self.kv_write_path(kv_cache_config)
+        cache = self.layer_caches()[0]
         self.page_layout = learn_page_layout(
-            lambda k, v, c, slots: layer.impl.do_kv_cache_update(layer, k, v, c, slots),
+            write,
             num_kv_heads=cache.shape[1],
             block_size=cache.shape[2],
             head_size=cache.shape[3] // 2,
             dtype=cache.dtype,
             device=cache.device,
         )
-        backend = type(layer.impl).__name__
         self.kv_access = kv_access_for(self.page_layout, cache.device, backend)
 
     # --- before the forward -----------------------------------------------------------------
     def execute_model(self, scheduler_output, *args, **kwargs):
         self.forget_finished(scheduler_output)
-        for request_id, plan in compat.plans_of(scheduler_output).items():
+        for request_id, plan in plans_of(scheduler_output).items():
             self.apply_plan(request_id, plan)
         return self.report_failures(super().execute_model(scheduler_output, *args, **kwargs))
 
@@ -88,19 +93,15 @@ class PackCacheRunnerMixin:
         if output is None or not self.failed_requests:
             return output
         failures, self.failed_requests = self.failed_requests, {}
-        return compat.with_failures(output, failures)
+        return with_failures(output, failures)
 
-    def _init_mrope_positions(self, req_state) -> None:
-        """vLLM's per-request M-RoPE set-up (the model's position codes for the prompt), guarded:
-        on failure the request gets plain positions, so the batched forward runs, and fails."""
-        try:
-            faults.inject("positions", req_state.req_id, req_state.sampling_params)
-            super()._init_mrope_positions(req_state)
-        except Exception as err:
-            self.fail_request(req_state.req_id, err)
-            plain = torch.arange(len(req_state.prompt_token_ids or ()), dtype=torch.int64)
-            req_state.mrope_positions = plain.expand(3, -1).clone()  # [3, L]
-            req_state.mrope_position_delta = 0
+    def before_positions(self, request_id: str, sampling_params) -> None:
+        faults.inject("positions", request_id, sampling_params)
+
+    def on_positions_failed(self, request_id: str, err: Exception) -> None:
+        """The request's position codes failed: it gets plain positions (``RunnerSeam``), so the
+        batched forward runs, and fails."""
+        self.fail_request(request_id, err)
 
     def forget_finished(self, scheduler_output) -> None:
         resumed = scheduler_output.scheduled_cached_reqs.resumed_req_ids
@@ -122,13 +123,13 @@ class PackCacheRunnerMixin:
 
     def rewrite_kv(self, request_id: str, plan: WorkerPlan) -> None:
         device = self.kv_access.device
-        sampling_params = self.requests[request_id].sampling_params
+        sampling_params = self.sampling_params_of(request_id)
         if plan.frames_to_order is not None:
             faults.inject("sorts", request_id, sampling_params)
             self.order_frames_by_keys(plan.frames_to_order, plan.t_stride)
         faults.inject("moves", request_id, sampling_params)
         self.kv_access.move(
-            self.kv_caches,
+            self.layer_caches(),
             torch.tensor(plan.src_slots, dtype=torch.int64, device=device),
             torch.tensor(plan.dst_slots, dtype=torch.int64, device=device),
         )
@@ -137,11 +138,7 @@ class PackCacheRunnerMixin:
             self.rebase_anchor_keys(request_id, plan)
 
     def use_packed_blocks(self, request_id: str, plan: WorkerPlan) -> None:
-        block_ids = list(plan.block_ids)
-        self.requests[request_id].block_ids[0][:] = block_ids
-        row = self.input_batch.req_id_to_index.get(request_id)
-        if row is not None:
-            self.input_batch.block_table.add_row((block_ids,), row)
+        self.set_block_row(request_id, list(plan.block_ids))
         self.evicted_tokens[request_id] = plan.evicted_tokens
         self.dropped_frames[request_id] = plan.dropped_frames
 
@@ -154,7 +151,8 @@ class PackCacheRunnerMixin:
         selector = frames.selector
         rows, cols = frame_grid(self.model_config.hf_config)
         device = self.kv_access.device
-        keys_cache = self.kv_caches[key_layer(len(self.kv_caches))]
+        caches = self.layer_caches()
+        keys_cache = caches[key_layer(len(caches))]
         sources, targets = [], []
         for index, frame_slots in enumerate(frames.slots):
             slots = torch.tensor(frame_slots, dtype=torch.int64, device=device)  # [F]
@@ -167,7 +165,7 @@ class PackCacheRunnerMixin:
             order = selector.order(rows, cols, keys, newer_keys).to(device)  # [F]
             sources.append(slots[order])
             targets.append(slots)
-        self.kv_access.move(self.kv_caches, torch.cat(sources), torch.cat(targets))
+        self.kv_access.move(caches, torch.cat(sources), torch.cat(targets))
 
     def rebase_anchor_keys(self, request_id: str, plan: WorkerPlan) -> None:
         """Write the anchors' keys rotated by +t_stride * dropped_frames along t."""
@@ -175,36 +173,17 @@ class PackCacheRunnerMixin:
         slots = torch.tensor(anchors, dtype=torch.int64, device=self.kv_access.device)
         pristine = self.pristine_anchor_keys.get(request_id)
         if pristine is None:
-            pristine = [self.kv_access.read_keys(cache, slots) for cache in self.kv_caches]
+            pristine = [self.kv_access.read_keys(cache, slots) for cache in self.layer_caches()]
             self.pristine_anchor_keys[request_id] = pristine
         rope = self.get_model().rope
         shift = plan.t_stride * plan.dropped_frames
-        for cache, keys in zip(self.kv_caches, pristine, strict=True):
+        for cache, keys in zip(self.layer_caches(), pristine, strict=True):
             self.kv_access.write_keys(cache, slots, rope.rotate_time(keys, shift))
 
     # --- physical slots and lengths ---------------------------------------------------------
-    def _prepare_inputs(self, scheduler_output, num_scheduled_tokens, *args, **kwargs):
-        result = super()._prepare_inputs(scheduler_output, num_scheduled_tokens, *args, **kwargs)
+    def after_inputs(self, scheduler_output) -> None:
         if self.evicted_tokens:
-            self.use_physical_slots(scheduler_output.total_num_scheduled_tokens)
-        return result
-
-    def use_physical_slots(self, num_tokens: int) -> None:
-        num_reqs = self.input_batch.num_reqs
-        ids = self.input_batch.req_ids[:num_reqs]
-        evicted_cpu = torch.tensor([self.evicted_tokens.get(r, 0) for r in ids], dtype=torch.int64)
-        if not evicted_cpu.any():
-            return
-        evicted = evicted_cpu.to(self.positions.device)
-        req_indices = self.req_indices.gpu[:num_tokens].to(torch.int64)
-        physical_positions = self.positions[:num_tokens] - evicted[req_indices]
-        self.input_batch.block_table.compute_slot_mapping(
-            num_reqs, self.query_start_loc.gpu[: num_reqs + 1], physical_positions
-        )
-        self.seq_lens[:num_reqs] -= evicted.to(self.seq_lens.dtype)
-        self.optimistic_seq_lens_cpu[:num_reqs] -= evicted_cpu.to(
-            self.optimistic_seq_lens_cpu.dtype
-        )
+            self.make_physical(scheduler_output.total_num_scheduled_tokens, self.evicted_tokens)
 
 
 class PackCacheCPUModelRunner(PackCacheRunnerMixin, CPUModelRunner):

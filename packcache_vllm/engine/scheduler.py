@@ -23,10 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vllm.utils.math_utils import cdiv
-from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import RequestStatus
 
-from packcache_vllm.cli import NO_POLICY, packcache_config_from
 from packcache_vllm.core.budget import PackCacheConfig, bound_tokens
 from packcache_vllm.core.layout import FrameLayout
 from packcache_vllm.core.plan import (
@@ -36,9 +34,16 @@ from packcache_vllm.core.plan import (
     num_new_complete_frames,
 )
 from packcache_vllm.core.select import Selector
-from packcache_vllm.engine import compat, faults, pool_fit, twins
+from packcache_vllm.engine import faults, pool_fit, twins
 from packcache_vllm.engine.plans import FramesToOrder, WorkerPlan, global_slots
-from packcache_vllm.engine.requests import request_policy, video_layout
+from packcache_vllm.engine.request_policy import request_policy, video_layout
+from packcache_vllm.engine.seam.process import vllm_logger
+from packcache_vllm.engine.seam.scheduling import (
+    SchedulerSeam,
+    add_error_outputs,
+    attach_plans,
+    failures_of,
+)
 from packcache_vllm.metrics import (
     REQUEST_CACHE,
     TWIN_CACHE,
@@ -49,13 +54,14 @@ from packcache_vllm.metrics import (
     ensure_metrics_dir,
 )
 from packcache_vllm.model.config_hook import frame_grid
+from packcache_vllm.settings import Settings
 
-logger = compat.vllm_logger(__name__)
+logger = vllm_logger(__name__)
 
 
 def scheduler_policy(vllm_config) -> PackCacheConfig:
-    policy, config = packcache_config_from(vllm_config)
-    if policy == NO_POLICY or config is None:
+    config = Settings.of(vllm_config).config
+    if config is None:
         raise ValueError(
             "PackCacheScheduler needs a KV policy: start vLLM with --kv-policy "
             "full|sliding|packcache, or pass packcache_vllm.cli.engine_overrides(...) to LLM()"
@@ -73,18 +79,18 @@ class RequestKV:
     evicted_tokens: int = 0
     peak_physical_tokens: int = 0  # the most its cache held before a compaction
 
-    def peak_with(self, request) -> int:
-        """The most tokens the cache has held, its current ones included."""
-        return max(self.peak_physical_tokens, request.num_computed_tokens - self.evicted_tokens)
-
-
-class PackCacheScheduler(Scheduler):
     @property
     def eviction_layout(self) -> FrameLayout:
         """``layout`` with the policy's sink frames among the anchors (``layout`` itself when
         it has none): what the physical state and the plans count from."""
         return self.config.eviction_layout(self.layout)
 
+    def peak_with(self, request) -> int:
+        """The most tokens the cache has held, its current ones included."""
+        return max(self.peak_physical_tokens, request.num_computed_tokens - self.evicted_tokens)
+
+
+class PackCacheScheduler(SchedulerSeam):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.packcache: PackCacheConfig = scheduler_policy(self.vllm_config)
@@ -92,11 +98,10 @@ class PackCacheScheduler(Scheduler):
         self.block_size = self.cache_config.block_size
         self.request_kv: dict[str, RequestKV] = {}
         self.preempted_this_step: set[str] = set()
-        self.block_manager = compat.full_attention_manager(self.kv_cache_manager)
         self.preempted_requests: list[str] = []  # every preemption, in order
         self.failed_requests: list = []  # finished with an error, their clients not told yet
-        compat.count_physical_tokens(
-            self.block_manager, self.evicted_tokens_of, lambda rid: self.admission_blocks_of(rid)
+        self.count_physical_tokens(
+            self.evicted_tokens_of, lambda rid: self.admission_blocks_of(rid)
         )
         self.counters = EngineCounters()
         self.finished_caches = FinishedCaches()
@@ -125,7 +130,7 @@ class PackCacheScheduler(Scheduler):
             return
         why = pool_fit.refusal_of(
             self.vllm_config,
-            self.kv_cache_manager.block_pool.num_gpu_blocks,
+            self.pool_blocks(),
             kv.layout,
             kv.config,
             request.prompt_token_ids,
@@ -144,8 +149,7 @@ class PackCacheScheduler(Scheduler):
         """Free blocks a waiting request needs to be admitted: its own bound plus what running
         requests may still grow into, so that growth never preempts anyone."""
         growth = sum(
-            max(0, self.bound_blocks(r) - len(self.block_manager.req_to_blocks[r.request_id]))
-            for r in self.running
+            max(0, self.bound_blocks(r) - self.num_held_blocks(r.request_id)) for r in self.running
         )
         return self.bound_blocks(self.requests[request_id]) + growth
 
@@ -156,7 +160,7 @@ class PackCacheScheduler(Scheduler):
         output = super().schedule(*args, **kwargs)
         for request_id in self.preempted_this_step:
             plans.pop(request_id, None)  # its blocks are gone; it will recompute from scratch
-        compat.attach_plans(output, plans)
+        attach_plans(output, plans)
         self.publish_counters(force=bool(plans or self.preempted_this_step))
         return output
 
@@ -169,12 +173,12 @@ class PackCacheScheduler(Scheduler):
         self.publisher.publish(snapshot, force=force)
 
     def update_from_output(self, scheduler_output, model_runner_output):
-        failures = compat.failures_of(model_runner_output)
+        failures = failures_of(model_runner_output)
         if failures:  # finished first, so that vLLM drops what the step computed for them
             self.fail_requests(failures)
         outputs = super().update_from_output(scheduler_output, model_runner_output)
         if self.failed_requests:
-            compat.add_error_outputs(outputs, self.failed_requests)
+            add_error_outputs(outputs, self.failed_requests)
             self.failed_requests = []
         return outputs
 
@@ -227,8 +231,7 @@ class PackCacheScheduler(Scheduler):
             return None  # the policy's sink frames are not complete yet
 
     def compact(self, request_id: str, kv: RequestKV, logical_len: int) -> WorkerPlan:
-        blocks = self.block_manager.req_to_blocks[request_id]
-        old_ids = [block.block_id for block in blocks]
+        old_ids = self.block_ids_of(request_id)
         selector = kv.config.make_selector()
         plan = make_plan(
             kv.state,
@@ -239,16 +242,14 @@ class PackCacheScheduler(Scheduler):
             old_ids,
             self.block_size,
         )
-        freed = blocks[plan.num_blocks_kept :]
-        del blocks[plan.num_blocks_kept :]
-        self.kv_cache_manager.block_pool.free_blocks(reversed(freed))
+        num_freed = self.truncate_blocks(request_id, plan.num_blocks_kept)
         frames_to_order = self.frames_to_order(kv, selector, plan.new_state, old_ids)
         sorted_tokens = 0 if frames_to_order is None else sum(map(len, frames_to_order.slots))
         kv.peak_physical_tokens = max(kv.peak_physical_tokens, logical_len - kv.evicted_tokens)
         self.counters.add_compaction(
             frames=num_new_complete_frames(kv.state, logical_len, kv.layout.tokens_per_frame),
             evicted=plan.evicted_tokens - kv.evicted_tokens,
-            freed=len(freed),
+            freed=num_freed,
             moved=plan.num_moves + sorted_tokens,
             dropped=plan.dropped_frames - kv.state.dropped_frames,
         )
@@ -261,7 +262,7 @@ class PackCacheScheduler(Scheduler):
             plan.dropped_frames,
             plan.evicted_tokens,
             plan.num_moves,
-            len(freed),
+            num_freed,
             plan.num_blocks_kept,
         )
         return self.worker_plan(plan, old_ids, kv.eviction_layout, frames_to_order)
@@ -333,7 +334,7 @@ class PackCacheScheduler(Scheduler):
         return kv
 
     # --- lifecycle --------------------------------------------------------------------------
-    def _preempt_request(self, request, timestamp: float, *args, **kwargs) -> None:
+    def on_preempted(self, request) -> None:
         # Preemption recomputes the request from scratch with every token present: its cache
         # restarts unpacked (it cannot reproduce KV computed under earlier evictions).
         self.request_kv.pop(request.request_id, None)
@@ -345,9 +346,8 @@ class PackCacheScheduler(Scheduler):
             "continuation can differ from an uninterrupted run (give the KV pool more room)",
             request.request_id,
         )
-        super()._preempt_request(request, timestamp, *args, **kwargs)
 
-    def _free_request(self, request, *args, **kwargs):
+    def on_freed(self, request) -> None:
         kv = self.request_kv.pop(request.request_id, None)
         if kv is not None and kv.peak_with(request):  # a cache that held nothing is not observed
             cache = TWIN_CACHE if twins.is_twin(request.request_id) else REQUEST_CACHE
@@ -355,11 +355,11 @@ class PackCacheScheduler(Scheduler):
                 cache, peak_physical_tokens=kv.peak_with(request), evicted_tokens=kv.evicted_tokens
             )
             self.publish_counters(force=True)
-        return super()._free_request(request, *args, **kwargs)
 
     def shutdown(self) -> None:
         self.publisher.remove()  # a stopped engine's totals leave /metrics with it
         super().shutdown()
+
 
 def whole_frame_slots(state: PhysicalState, frame: int, frame_len: int) -> Sequence[int]:
     """The physical slots of a whole complete ``frame`` in offset order, as ``state`` holds

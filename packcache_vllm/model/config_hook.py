@@ -7,10 +7,10 @@ describes the split: how many of the head_dim/2 rotary frequencies follow t, h a
 
 from __future__ import annotations
 
-from packcache_vllm.cli import packcache_config_from
 from packcache_vllm.core.budget import PackCacheConfig
 from packcache_vllm.core.layout import LUMOS_TOKENS
 from packcache_vllm.core.rope import channel_axes, supports_time_rebase, time_rebase_refusal
+from packcache_vllm.settings import packcache_config_from
 
 LUMOS_ARCHITECTURE = "ChameleonXLLMXForConditionalGeneration"
 MODEL_CLASS_PATH = "packcache_vllm.model.lumos:LumosForVideoGeneration"

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from packcache_vllm.codec.frames import DecodedFrames
 from packcache_vllm.video.palette import PALETTE_SIZE, palette_rgb
-from packcache_vllm.video.tokens import DecodedFrames
 
 DEFAULT_CELL_PIXELS = 16  # 8 x 12 cells -> 128 x 192 pixels (MP4 wants multiples of 16)
 STRIP_GAP_PIXELS = 4

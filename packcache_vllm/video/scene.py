@@ -20,6 +20,7 @@ import torch
 
 from packcache_vllm.video.palette import BACKGROUND_COLOURS, OBJECT_COLOURS, colour_name
 
+SCENE_FPS = 4  # a scene clip's frames per second: one latent frame per 1/4 s (its fps token)
 SHAPES = ("square", "ring", "plus")
 BACKGROUNDS = ("vertical stripes", "horizontal stripes", "checks", "diagonal stripes")
 DIRECTIONS = {

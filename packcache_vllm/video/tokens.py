@@ -19,9 +19,8 @@ from packcache_vllm.codec.frames import DecodedFrames, decode_frame_ids, frames_
 from packcache_vllm.core.layout import FrameLayout, find_frame_start
 from packcache_vllm.model.factory import FIRST_BYTE_ID, make_video_prompt
 from packcache_vllm.video.palette import PALETTE_SIZE
+from packcache_vllm.video.scene import SCENE_FPS as VIDEO_FPS
 from packcache_vllm.video.scene import Scene, render_clip
-
-VIDEO_FPS = 4  # one latent frame per 1/4 s in the prompt's fps token
 
 
 def caption_ids(caption: str) -> list[int]:

@@ -323,7 +323,10 @@ def test_serve_help_lists_the_packcache_group(help_text):
 def test_serve_help_for_the_group_explains_each_knob(help_text):
     text = help_text("--help=PackCache")
     assert text.startswith("PackCache: packcache_vllm: a bounded, frame-aware KV cache")
-    assert "--kv-policy {none,full,sliding,packcache}" in text
+    from packcache_vllm.settings import POLICIES  # every policy of the core's registry
+
+    assert "--kv-policy {none,full,sliding,packcache," in text
+    assert f"--kv-policy {{{','.join(POLICIES)}}}" in text
     for fragment in ("--packcache-window W", "an integer >= 1", "0 < rho <= 1", "0 <= b <= 1"):
         assert fragment in text
     assert "--packcache-selector {key_norm,uniform}" in text
