@@ -88,10 +88,9 @@ class ARDFSession(ReferenceSession):
         if self.num_tokens:
             raise ValueError("prefill_prompt must be the session's first call")
         ids = self.model.check_ids(prompt_ids)
-        if ids.numel() != self.layout.anchor_len:
+        if ids.numel() != self.prompt_len:
             raise ValueError(
-                f"the prompt has {ids.numel()} tokens, layout.anchor_len is "
-                f"{self.layout.anchor_len}"
+                f"the prompt has {ids.numel()} tokens, layout.anchor_len is {self.prompt_len}"
             )
         text_len = self.layout.frame_start
         if text_len:
