@@ -223,12 +223,12 @@ class PackCacheScheduler(SchedulerSeam):
         if not kv.config.is_bounded:
             return None  # the full cache: nothing is ever evicted
         logical_len = request.num_computed_tokens
+        if logical_len < kv.state.anchor_len:
+            return None  # the policy's sink frames are not complete yet
         if not num_new_complete_frames(kv.state, logical_len, kv.layout.tokens_per_frame):
             return None
         faults.inject("planning", request.request_id, request.sampling_params)
         return self.compact(request.request_id, kv, logical_len)
-        if logical_len < kv.state.anchor_len:
-            return None  # the policy's sink frames are not complete yet
 
     def compact(self, request_id: str, kv: RequestKV, logical_len: int) -> WorkerPlan:
         old_ids = self.block_ids_of(request_id)

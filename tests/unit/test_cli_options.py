@@ -225,6 +225,10 @@ MIN_KEEP_RANGE = "must be a number in [0, 1], got"
         ("--packcache-min-keep", "-1", f"{MIN_KEEP_RANGE} -1"),
         ("--packcache-selector", "lru", "invalid choice: 'lru' (choose from"),
         ("--kv-policy", "lru", "invalid choice: 'lru' (choose from"),
+        ("--packcache-sinks", "-1", "must be an integer >= 0 (frames), got -1"),
+        ("--packcache-sinks", "one", "must be an integer >= 0 (frames), got 'one'"),
+        ("--packcache-floor", "0", "must be a number in (0, 1], got 0"),
+        ("--packcache-threshold", "1.5", "must be a number in (0, 1], got 1.5"),
     ],
 )
 def test_bad_flag_values_are_argparse_errors(parser, capsys, flag, value, expected):
