@@ -31,7 +31,7 @@ import functools
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -39,94 +39,20 @@ import torch
 import torch.nn.functional as F
 
 from packcache_vllm.core.layout import FrameLayout, find_frame_start
+from packcache_vllm.core.lumos_schema import (
+    IGNORED_PREFIXES,
+    QK_NORM_EPS,
+    LumosConfig,
+    check_weight_shapes,
+    layer_keys,
+)
 from packcache_vllm.core.rope import MMRoPE, rotate, time_rebase_refusal
 from packcache_vllm.core.select import key_layer
 
-QK_NORM_EPS = 1e-5
-DEFAULT_GRID = (48, 84)  # Lumos-1 at 672x384 (config_hook.DEFAULT_GRID)
-IGNORED_PREFIXES = ("model.vqmodel.",)  # Lumos deletes the VQ model before saving
+ReferenceConfig = LumosConfig  # the config.json fields the forward pass uses (core.lumos_schema)
 
 
 # --- config and weights -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReferenceConfig:
-    """The config.json fields the forward pass uses (validated)."""
-
-    hidden_size: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    intermediate_size: int
-    num_hidden_layers: int
-    vocab_size: int
-    rms_norm_eps: float
-    rope_theta: float
-    attention_bias: bool = False
-    mlp_bias: bool = False
-    model_parallel_size: int = 1
-    swin_norm: bool = False
-    video_rows: int = DEFAULT_GRID[0]
-    video_cols: int = DEFAULT_GRID[1]
-
-    def __post_init__(self) -> None:
-        for name in (
-            "hidden_size",
-            "num_attention_heads",
-            "num_key_value_heads",
-            "intermediate_size",
-            "num_hidden_layers",
-            "vocab_size",
-            "model_parallel_size",
-            "video_rows",
-            "video_cols",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"config {name} must be >= 1, got {getattr(self, name)}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"config hidden_size ({self.hidden_size}) must be a multiple of "
-                f"num_attention_heads ({self.num_attention_heads})"
-            )
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
-                f"config num_key_value_heads ({self.num_key_value_heads}) must divide "
-                f"num_attention_heads ({self.num_attention_heads})"
-            )
-        if self.num_key_value_heads % self.model_parallel_size:
-            raise ValueError(
-                f"config model_parallel_size ({self.model_parallel_size}) must divide "
-                f"num_key_value_heads ({self.num_key_value_heads})"
-            )
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @classmethod
-    def from_dict(cls, config: dict) -> ReferenceConfig:
-        """From a Lumos-1 config.json; rejects settings the forward pass does not implement."""
-        if not config.get("mm_rope", True):
-            raise ValueError("config mm_rope=false: only MM-RoPE Lumos-1 checkpoints are supported")
-        if config.get("mask_image_logits", False):
-            raise ValueError("config mask_image_logits=true is not supported (Lumos-1 uses false)")
-        if config.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"config hidden_act must be 'silu', got {config['hidden_act']!r}")
-        if config.get("rope_scaling") is not None:
-            raise ValueError(f"config rope_scaling must be null, got {config['rope_scaling']!r}")
-        if config.get("tie_word_embeddings", False):
-            raise ValueError("config tie_word_embeddings=true is not a Lumos-1 checkpoint")
-        rope_params = config.get("rope_parameters") or {}
-        theta = config.get("rope_theta", rope_params.get("rope_theta"))
-        if theta is None:
-            raise ValueError("config has no rope_theta (neither top-level nor in rope_parameters)")
-        known = {f.name for f in fields(cls)} - {"rope_theta"}
-        values = {k: v for k, v in config.items() if k in known and v is not None}
-        required = {f.name for f in fields(cls) if f.default is MISSING} - {"rope_theta"}
-        absent = sorted(required - set(values))
-        if absent:
-            raise ValueError(f"config.json lacks {absent}")
-        return cls(rope_theta=float(theta), **values)
 
 
 @dataclass(frozen=True)
@@ -156,25 +82,6 @@ class LayerWeights:
     down_bias: torch.Tensor | None = None
 
 
-LAYER_KEYS = {  # LayerWeights field -> checkpoint key under model.layers.{i}.
-    "q": "self_attn.q_proj.weight",
-    "k": "self_attn.k_proj.weight",
-    "v": "self_attn.v_proj.weight",
-    "o": "self_attn.o_proj.weight",
-    "q_norm_weight": "self_attn.q_norm.weight",
-    "q_norm_bias": "self_attn.q_norm.bias",
-    "k_norm_weight": "self_attn.k_norm.weight",
-    "k_norm_bias": "self_attn.k_norm.bias",
-    "gate": "mlp.gate_proj.weight",
-    "up": "mlp.up_proj.weight",
-    "down": "mlp.down_proj.weight",
-    "input_layernorm": "input_layernorm.weight",
-    "post_attention_layernorm": "post_attention_layernorm.weight",
-}
-ATTENTION_BIAS_KEYS = {f"{p}_bias": f"self_attn.{p}_proj.bias" for p in ("q", "k", "v", "o")}
-MLP_BIAS_KEYS = {f"{p}_bias": f"mlp.{p}_proj.bias" for p in ("gate", "up", "down")}
-
-
 @dataclass(frozen=True)
 class ModelWeights:
     """embed [V, D], layers, norm [D], lm_head [V, D]."""
@@ -183,50 +90,6 @@ class ModelWeights:
     layers: tuple[LayerWeights, ...]
     norm: torch.Tensor
     lm_head: torch.Tensor
-
-
-def expected_shapes(config: ReferenceConfig) -> dict[str, tuple[int, ...]]:
-    """Every checkpoint key of a Lumos-1 model of this config and its shape."""
-    d, hd, inter = config.hidden_size, config.head_dim, config.intermediate_size
-    q_out, kv_out = config.num_attention_heads * hd, config.num_key_value_heads * hd
-    per_layer = {
-        "self_attn.q_proj.weight": (q_out, d),
-        "self_attn.k_proj.weight": (kv_out, d),
-        "self_attn.v_proj.weight": (kv_out, d),
-        "self_attn.o_proj.weight": (d, q_out),
-        "self_attn.q_norm.weight": (config.model_parallel_size, hd),
-        "self_attn.q_norm.bias": (config.model_parallel_size, hd),
-        "self_attn.k_norm.weight": (config.model_parallel_size, hd),
-        "self_attn.k_norm.bias": (config.model_parallel_size, hd),
-        "mlp.gate_proj.weight": (inter, d),
-        "mlp.up_proj.weight": (inter, d),
-        "mlp.down_proj.weight": (d, inter),
-        "input_layernorm.weight": (d,),
-        "post_attention_layernorm.weight": (d,),
-    }
-    if config.attention_bias:
-        per_layer.update(
-            {
-                "self_attn.q_proj.bias": (q_out,),
-                "self_attn.k_proj.bias": (kv_out,),
-                "self_attn.v_proj.bias": (kv_out,),
-                "self_attn.o_proj.bias": (d,),
-            }
-        )
-    if config.mlp_bias:
-        per_layer.update(
-            {
-                "mlp.gate_proj.bias": (inter,),
-                "mlp.up_proj.bias": (inter,),
-                "mlp.down_proj.bias": (d,),
-            }
-        )
-    v = config.vocab_size
-    shapes = {"model.embed_tokens.weight": (v, d), "model.norm.weight": (d,)}
-    shapes["lm_head.weight"] = (v, d)
-    for i in range(config.num_hidden_layers):
-        shapes.update({f"model.layers.{i}.{key}": shape for key, shape in per_layer.items()})
-    return shapes
 
 
 def load_checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -245,17 +108,8 @@ def load_checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def check_tensors(tensors: dict[str, torch.Tensor], config: ReferenceConfig) -> None:
-    shapes = expected_shapes(config)
-    missing = sorted(set(shapes) - set(tensors))
-    unexpected = sorted(set(tensors) - set(shapes))
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint keys do not match a Lumos-1 model of this config: missing {missing[:6]}, "
-            f"unexpected {unexpected[:6]}"
-        )
-    for name, shape in shapes.items():
-        if tuple(tensors[name].shape) != shape:
-            raise ValueError(f"{name} has shape {tuple(tensors[name].shape)}, expected {shape}")
+    """ValueError unless the tensors' keys and shapes are ``core.lumos_schema.weight_shapes``."""
+    check_weight_shapes({name: tuple(t.shape) for name, t in tensors.items()}, config)
 
 
 def build_weights(
@@ -264,11 +118,7 @@ def build_weights(
     def get(name: str) -> torch.Tensor:
         return tensors[name].to(dtype)
 
-    keys = dict(LAYER_KEYS)
-    if config.attention_bias:
-        keys.update(ATTENTION_BIAS_KEYS)
-    if config.mlp_bias:
-        keys.update(MLP_BIAS_KEYS)
+    keys = layer_keys(config)
     layers = tuple(
         LayerWeights(**{attr: get(f"model.layers.{i}.{key}") for attr, key in keys.items()})
         for i in range(config.num_hidden_layers)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from packcache_vllm.core.budget import PackCacheConfig
 from packcache_vllm.core.layout import LUMOS_TOKENS
+from packcache_vllm.core.lumos_schema import DEFAULT_GRID, LumosConfig, head_dim_of
+from packcache_vllm.core.lumos_schema import (  # re-exported: the plugin registers by it
+    LUMOS_ARCHITECTURE as LUMOS_ARCHITECTURE,
+)
 from packcache_vllm.core.rope import channel_axes, supports_time_rebase, time_rebase_refusal
 from packcache_vllm.settings import packcache_config_from
 
-LUMOS_ARCHITECTURE = "ChameleonXLLMXForConditionalGeneration"
 MODEL_CLASS_PATH = "packcache_vllm.model.lumos:LumosForVideoGeneration"
-DEFAULT_GRID = (48, 84)  # Lumos-1 at 672x384: 48 rows x 84 columns of 8x8-pixel tokens
 
 
 def frame_grid(hf_config) -> tuple[int, int]:
@@ -47,13 +49,10 @@ def visual_codebook_size(hf_config) -> int:
     return size
 
 
-def rope_theta(hf_config) -> float:
-    """RoPE base: in ``rope_parameters`` (transformers 5) or top-level ``rope_theta``."""
-    params = getattr(hf_config, "rope_parameters", None) or {}
-    theta = params.get("rope_theta", getattr(hf_config, "rope_theta", None))
-    if theta is None:
-        raise ValueError("config has no rope_theta (neither top-level nor in rope_parameters)")
-    return float(theta)
+def lumos_schema(hf_config) -> LumosConfig:
+    """The checkpoint's Lumos-1 config (``core.lumos_schema``) from vLLM's HF config object
+    (config.json plus any ``--hf-overrides``); ValueError when it is not one the model runs."""
+    return LumosConfig.from_dict(hf_config.to_dict())
 
 
 def mrope_section(head_dim: int) -> list[int]:
@@ -68,7 +67,7 @@ def check_time_rebase(hf_config, policy: PackCacheConfig | None, who: str) -> No
     rebased (``core.rope.supports_time_rebase``)."""
     if policy is None or not policy.is_bounded:
         return
-    head_dim = hf_config.hidden_size // hf_config.num_attention_heads
+    head_dim = head_dim_of(hf_config.hidden_size, hf_config.num_attention_heads)
     if not supports_time_rebase(head_dim):
         raise ValueError(
             f"{who} drops frames (window {policy.window}), which rebases time, but "
@@ -88,10 +87,13 @@ class LumosConfigHook:
                 f"{model_config.model}: config.json has mm_rope=false; only MM-RoPE Lumos-1 "
                 "checkpoints are supported"
             )
+        try:
+            schema = lumos_schema(hf_config)
+        except ValueError as err:
+            raise ValueError(f"{model_config.model}: {err}") from err
         frame_grid(hf_config)
         visual_codebook_size(hf_config)
-        head_dim = hf_config.hidden_size // hf_config.num_attention_heads
-        hf_config.mrope_section = mrope_section(head_dim)
+        hf_config.mrope_section = mrope_section(schema.head_dim)
 
     @staticmethod
     def verify_and_update_config(vllm_config) -> None:

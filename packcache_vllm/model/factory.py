@@ -34,8 +34,8 @@ import torch
 from safetensors.torch import save_file
 
 from packcache_vllm.core.layout import LUMOS_TOKENS, LumosTokenIds
+from packcache_vllm.core.lumos_schema import LUMOS_ARCHITECTURE, LumosConfig, weight_shapes
 
-LUMOS_ARCHITECTURE = "ChameleonXLLMXForConditionalGeneration"
 TEXT_VOCAB_SIZE = LUMOS_TOKENS.visual_base  # 65,536 text/special ids before the visual codes
 DEFAULT_CODEBOOK_SIZE = 256
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0..3
@@ -59,7 +59,7 @@ DEFAULT_FPS = 12
 
 @dataclass(frozen=True)
 class TinyLumosSpec:
-    """Sizes of a tiny Lumos-1 checkpoint (validated)."""
+    """Sizes of a tiny Lumos-1 checkpoint (validated by ``core.lumos_schema.LumosConfig``)."""
 
     hidden_size: int = 128
     num_attention_heads: int = 4
@@ -74,40 +74,19 @@ class TinyLumosSpec:
     model_parallel_size: int = 1
 
     def __post_init__(self) -> None:
-        for name in (
-            "hidden_size",
-            "num_attention_heads",
-            "num_key_value_heads",
-            "num_hidden_layers",
-            "intermediate_size",
-            "codebook_size",
-            "video_rows",
-            "video_cols",
-            "model_parallel_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
-                f"({self.num_attention_heads})"
-            )
-        if self.head_dim % 2:
-            raise ValueError(f"head_dim = hidden_size / heads must be even, got {self.head_dim}")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
-                f"num_key_value_heads ({self.num_key_value_heads}) must divide "
-                f"num_attention_heads ({self.num_attention_heads})"
-            )
-        if self.num_key_value_heads % self.model_parallel_size:
-            raise ValueError(
-                f"model_parallel_size ({self.model_parallel_size}) must divide "
-                f"num_key_value_heads ({self.num_key_value_heads})"
-            )
+        if self.codebook_size < 1:
+            raise ValueError(f"codebook_size must be >= 1, got {self.codebook_size}")
         if self.dtype not in SUPPORTED_DTYPES:
             raise ValueError(
                 f"dtype must be one of {sorted(SUPPORTED_DTYPES.values())}, got {self.dtype}"
             )
+        LumosConfig.from_dict(lumos_config(self))  # ValueError when no Lumos-1 has these sizes
+
+    @property
+    def schema(self) -> LumosConfig:
+        """The checkpoint's config as the model reads it (``LumosConfig.from_dict`` of
+        ``lumos_config``); ValueError when the sizes make no Lumos-1."""
+        return LumosConfig.from_dict(lumos_config(self))
 
     @property
     def head_dim(self) -> int:
@@ -218,44 +197,28 @@ def lumos_config(spec: TinyLumosSpec) -> dict:
 
 
 def make_weights(spec: TinyLumosSpec, seed: int) -> dict[str, torch.Tensor]:
-    """Every Lumos-1 tensor, random and seeded, in ``spec.dtype`` (keys in a fixed order)."""
+    """Every Lumos-1 tensor (``core.lumos_schema.weight_shapes``), random and seeded, in
+    ``spec.dtype``, drawn in the schema's key order."""
     gen = torch.Generator().manual_seed(seed)
-    d, v = spec.hidden_size, spec.vocab_size
-
-    def normal(shape: tuple[int, ...], std: float) -> torch.Tensor:
-        return torch.randn(shape, generator=gen) * std
-
-    def near_one(shape: tuple[int, ...]) -> torch.Tensor:
-        return 1.0 + normal(shape, NORM_WEIGHT_NOISE)
-
-    weights = {"model.embed_tokens.weight": normal((v, d), EMBED_STD)}
-    for i in range(spec.num_hidden_layers):
-        weights.update(layer_weights(spec, f"model.layers.{i}.", normal, near_one))
-    weights["model.norm.weight"] = near_one((d,))
-    weights["lm_head.weight"] = normal((v, d), LOGIT_STD / math.sqrt(d))
-    return {name: tensor.to(spec.dtype).contiguous() for name, tensor in weights.items()}
+    weights = {}
+    for name, shape in weight_shapes(spec.schema).items():
+        mean, std = init_mean_std(name, shape, spec.hidden_size)
+        weights[name] = (torch.randn(shape, generator=gen) * std + mean).to(spec.dtype)
+    return {name: tensor.contiguous() for name, tensor in weights.items()}
 
 
-def layer_weights(spec: TinyLumosSpec, prefix: str, normal, near_one) -> dict[str, torch.Tensor]:
-    d, hd, inter = spec.hidden_size, spec.head_dim, spec.intermediate_size
-    q_out, kv_out = spec.num_attention_heads * hd, spec.num_key_value_heads * hd
-    mp = spec.model_parallel_size
-    attn = prefix + "self_attn."
-    return {
-        attn + "q_proj.weight": normal((q_out, d), 1 / math.sqrt(d)),
-        attn + "k_proj.weight": normal((kv_out, d), 1 / math.sqrt(d)),
-        attn + "v_proj.weight": normal((kv_out, d), 1 / math.sqrt(d)),
-        attn + "o_proj.weight": normal((d, q_out), OUT_PROJ_GAIN / math.sqrt(q_out)),
-        attn + "q_norm.weight": near_one((mp, hd)),
-        attn + "q_norm.bias": normal((mp, hd), NORM_BIAS_NOISE),
-        attn + "k_norm.weight": near_one((mp, hd)),
-        attn + "k_norm.bias": normal((mp, hd), NORM_BIAS_NOISE),
-        prefix + "mlp.gate_proj.weight": normal((inter, d), 1 / math.sqrt(d)),
-        prefix + "mlp.up_proj.weight": normal((inter, d), 1 / math.sqrt(d)),
-        prefix + "mlp.down_proj.weight": normal((d, inter), OUT_PROJ_GAIN / math.sqrt(inter)),
-        prefix + "input_layernorm.weight": near_one((d,)),
-        prefix + "post_attention_layernorm.weight": near_one((d,)),
-    }
+def init_mean_std(name: str, shape: tuple[int, ...], hidden_size: int) -> tuple[float, float]:
+    """(mean, std) of the normal a weight is drawn from (init scales above)."""
+    if name == "model.embed_tokens.weight":
+        return 0.0, EMBED_STD
+    if name == "lm_head.weight":
+        return 0.0, LOGIT_STD / math.sqrt(hidden_size)
+    if name.endswith("norm.bias"):
+        return 0.0, NORM_BIAS_NOISE
+    if name.endswith("norm.weight"):
+        return 1.0, NORM_WEIGHT_NOISE
+    gain = OUT_PROJ_GAIN if name.endswith(("o_proj.weight", "down_proj.weight")) else 1.0
+    return 0.0, gain / math.sqrt(shape[1])
 
 
 # --- tokenizer ----------------------------------------------------------------------------------

@@ -38,10 +38,15 @@ from vllm.model_executor.models.interfaces import SupportsMRoPE
 
 from packcache_vllm.core import position_code
 from packcache_vllm.core.layout import find_frame_start, video_positions
+from packcache_vllm.core.lumos_schema import (
+    IGNORED_PREFIXES,
+    QK_NORM_EPS,
+    LumosConfig,
+    weight_shapes,
+)
 from packcache_vllm.core.rope import MMRoPE, rotate
-from packcache_vllm.model.config_hook import frame_grid, rope_theta
+from packcache_vllm.model.config_hook import lumos_schema
 
-QK_NORM_EPS = 1e-5
 STACKED_PARAMS = (  # (vLLM parameter, checkpoint name, shard id)
     ("qkv_proj", "q_proj", "q"),
     ("qkv_proj", "k_proj", "k"),
@@ -49,9 +54,6 @@ STACKED_PARAMS = (  # (vLLM parameter, checkpoint name, shard id)
     ("gate_up_proj", "gate_proj", 0),
     ("gate_up_proj", "up_proj", 1),
 )
-IGNORED_PREFIXES = (
-    "model.vqmodel.",
-)  # Lumos deletes the VQ model before saving; ignore if present
 
 
 class LumosQKNorm(nn.Module):
@@ -80,14 +82,14 @@ class LumosQKNorm(nn.Module):
 
 
 class LumosAttention(nn.Module):
-    def __init__(self, config, cache_config, quant_config, prefix: str) -> None:
+    def __init__(self, config: LumosConfig, cache_config, quant_config, prefix: str) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
-        self.head_dim = config.hidden_size // self.num_heads
-        self.q_size = self.num_heads * self.head_dim
-        self.kv_size = self.num_kv_heads * self.head_dim
-        bias = getattr(config, "attention_bias", False)
+        self.head_dim = config.head_dim
+        self.q_size = config.q_size
+        self.kv_size = config.kv_size
+        bias = config.attention_bias
         self.qkv_proj = QKVParallelLinear(
             config.hidden_size,
             self.head_dim,
@@ -104,7 +106,7 @@ class LumosAttention(nn.Module):
             quant_config=quant_config,
             prefix=f"{prefix}.o_proj",
         )
-        mp = getattr(config, "model_parallel_size", 1)
+        mp = config.model_parallel_size
         self.q_norm = LumosQKNorm(self.num_heads, self.head_dim, mp)
         self.k_norm = LumosQKNorm(self.num_kv_heads, self.head_dim, mp)
         self.attn = Attention(
@@ -129,13 +131,11 @@ class LumosAttention(nn.Module):
 
 
 class LumosMLP(nn.Module):
-    def __init__(self, config, quant_config, prefix: str) -> None:
+    """down(silu(gate(x)) * up(x)): ``LumosConfig`` admits hidden_act 'silu' only."""
+
+    def __init__(self, config: LumosConfig, quant_config, prefix: str) -> None:
         super().__init__()
-        if config.hidden_act != "silu":
-            raise ValueError(
-                f"Lumos MLP supports hidden_act='silu' only, got {config.hidden_act!r}"
-            )
-        bias = getattr(config, "mlp_bias", False)
+        bias = config.mlp_bias
         self.gate_up_proj = MergedColumnParallelLinear(
             config.hidden_size,
             [config.intermediate_size] * 2,
@@ -159,9 +159,9 @@ class LumosMLP(nn.Module):
 class LumosDecoderLayer(nn.Module):
     """Pre-norm (Llama) layer, or Chameleon's swin-norm layer (norm after each block)."""
 
-    def __init__(self, config, cache_config, quant_config, prefix: str) -> None:
+    def __init__(self, config: LumosConfig, cache_config, quant_config, prefix: str) -> None:
         super().__init__()
-        self.swin_norm = bool(getattr(config, "swin_norm", False))
+        self.swin_norm = config.swin_norm
         self.self_attn = LumosAttention(config, cache_config, quant_config, f"{prefix}.self_attn")
         self.mlp = LumosMLP(config, quant_config, f"{prefix}.mlp")
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
@@ -176,7 +176,7 @@ class LumosDecoderLayer(nn.Module):
 
 
 class LumosModel(nn.Module):
-    def __init__(self, config, cache_config, quant_config, prefix: str) -> None:
+    def __init__(self, config: LumosConfig, cache_config, quant_config, prefix: str) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(
             config.vocab_size, config.hidden_size, prefix=f"{prefix}.embed_tokens"
@@ -200,10 +200,10 @@ class LumosForVideoGeneration(nn.Module, SupportsMRoPE):
         super().__init__()
         if get_tensor_model_parallel_world_size() != 1:
             raise ValueError("LumosForVideoGeneration supports tensor_parallel_size=1 only")
-        config = vllm_config.model_config.hf_config
-        self.config = config
-        self.rows, self.cols = frame_grid(config)
-        self.rope = MMRoPE(config.hidden_size // config.num_attention_heads, rope_theta(config))
+        self.config = vllm_config.model_config.hf_config
+        config = lumos_schema(self.config)
+        self.rows, self.cols = config.video_rows, config.video_cols
+        self.rope = MMRoPE(config.head_dim, config.rope_theta)
         self.model = LumosModel(
             config, vllm_config.cache_config, vllm_config.quant_config, f"{prefix}model"
         )
@@ -266,17 +266,34 @@ class LumosForVideoGeneration(nn.Module, SupportsMRoPE):
         return loaded
 
 
-def load_one_weight(params: dict[str, nn.Parameter], name: str, tensor: torch.Tensor) -> str:
-    """Load one checkpoint tensor into its (possibly stacked) parameter; returns its name."""
+def parameter_shapes(config: LumosConfig) -> dict[str, tuple[int, ...]]:
+    """This model's parameter name -> shape: the schema's weights (``core.lumos_schema.
+    weight_shapes``), q/k/v and gate/up stacked along dim 0 as ``STACKED_PARAMS`` loads them."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, shape in weight_shapes(config).items():
+        target, _ = stacked_target(name)
+        if target in shapes:
+            shape = (shapes[target][0] + shape[0], *shape[1:])
+        shapes[target] = shape
+    return shapes
+
+
+def stacked_target(name: str) -> tuple[str, str | int | None]:
+    """The parameter a checkpoint weight loads into, and its shard there (None: not stacked)."""
     for param_name, ckpt_name, shard in STACKED_PARAMS:
         if f".{ckpt_name}." in name:
-            target = name.replace(ckpt_name, param_name)
-            param = params[target]
-            param.weight_loader(param, tensor, shard)
-            return target
-    if name not in params:
+            return name.replace(ckpt_name, param_name), shard
+    return name, None
+
+
+def load_one_weight(params: dict[str, nn.Parameter], name: str, tensor: torch.Tensor) -> str:
+    """Load one checkpoint tensor into its (possibly stacked) parameter; returns its name."""
+    target, shard = stacked_target(name)
+    if target not in params:
         raise ValueError(f"unexpected weight {name!r} in checkpoint (not a Lumos-1 key)")
-    param = params[name]
-    loader = getattr(param, "weight_loader", default_weight_loader)
-    loader(param, tensor)
-    return name
+    param = params[target]
+    if shard is not None:
+        param.weight_loader(param, tensor, shard)
+    else:
+        getattr(param, "weight_loader", default_weight_loader)(param, tensor)
+    return target

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from packcache_vllm.core.layout import LUMOS_TOKENS, video_positions
+from packcache_vllm.core.lumos_schema import LAYER_KEYS, LumosConfig, layer_field_shapes
 from packcache_vllm.core.rope import MMRoPE, rotate
 from packcache_vllm.model.factory import (
     SUPPORTED_DTYPES,
@@ -34,9 +35,7 @@ from packcache_vllm.model.factory import (
     make_tokenizer,
 )
 from packcache_vllm.reference import (
-    LAYER_KEYS,
     LayerWeights,
-    ReferenceConfig,
     check_tensors,
     load_checkpoint_tensors,
     mlp,
@@ -88,13 +87,13 @@ class TrainableLumos(nn.Module):
             raise ValueError(f"vocab size {vocab.vocab_size} != the spec's {spec.vocab_size}")
         self.spec = spec
         self.vocab = vocab
-        self.config = ReferenceConfig.from_dict(lumos_config(spec))
+        self.config = spec.schema
         self.rope = MMRoPE(self.config.head_dim, self.config.rope_theta)
         self.init_parameters(torch.Generator().manual_seed(seed))
 
     def init_parameters(self, gen: torch.Generator) -> None:
         spec, d, num_active = self.spec, self.spec.hidden_size, len(self.vocab.ids)
-        shapes = layer_shapes(spec)
+        shapes = layer_field_shapes(self.config)
         out_scale = 1 / math.sqrt(2 * spec.num_hidden_layers)
 
         def param(shape, std: float = 0.0, fill: float = 0.0) -> nn.Parameter:
@@ -194,7 +193,7 @@ class TrainableLumos(nn.Module):
         vocabulary, or differing lm_head rows there): loading would lose weights."""
         path = Path(path)
         config = json.loads((path / "config.json").read_text())
-        ref_config = ReferenceConfig.from_dict(config)
+        ref_config = LumosConfig.from_dict(config)
         if ref_config.attention_bias or ref_config.mlp_bias or ref_config.swin_norm:
             raise ValueError(f"{path}: biases and swin_norm are not trainable here")
         model = cls(spec_from_config(config), vocab)
@@ -278,29 +277,3 @@ def spec_from_config(config: dict) -> TinyLumosSpec:
         swin_norm=config.get("swin_norm", False),
         model_parallel_size=config.get("model_parallel_size", 1),
     )
-
-
-def layer_shapes(spec: TinyLumosSpec) -> dict[str, tuple[int, ...]]:
-    """LayerWeights field -> shape, for a layer without biases."""
-    d, hd, inter, mp = (
-        spec.hidden_size,
-        spec.head_dim,
-        spec.intermediate_size,
-        spec.model_parallel_size,
-    )
-    q_out, kv_out = spec.num_attention_heads * hd, spec.num_key_value_heads * hd
-    return {
-        "q": (q_out, d),
-        "k": (kv_out, d),
-        "v": (kv_out, d),
-        "o": (d, q_out),
-        "q_norm_weight": (mp, hd),
-        "q_norm_bias": (mp, hd),
-        "k_norm_weight": (mp, hd),
-        "k_norm_bias": (mp, hd),
-        "gate": (inter, d),
-        "up": (inter, d),
-        "down": (d, inter),
-        "input_layernorm": (d,),
-        "post_attention_layernorm": (d,),
-    }
