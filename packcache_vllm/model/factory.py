@@ -34,7 +34,12 @@ import torch
 from safetensors.torch import save_file
 
 from packcache_vllm.core.layout import LUMOS_TOKENS, LumosTokenIds
-from packcache_vllm.core.lumos_schema import LUMOS_ARCHITECTURE, LumosConfig, weight_shapes
+from packcache_vllm.core.lumos_schema import (
+    LUMOS_ARCHITECTURE,
+    LumosConfig,
+    head_dim_of,
+    weight_shapes,
+)
 
 TEXT_VOCAB_SIZE = LUMOS_TOKENS.visual_base  # 65,536 text/special ids before the visual codes
 DEFAULT_CODEBOOK_SIZE = 256
@@ -90,7 +95,7 @@ class TinyLumosSpec:
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+        return head_dim_of(self.hidden_size, self.num_attention_heads)
 
     @property
     def vocab_size(self) -> int:

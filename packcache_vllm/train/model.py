@@ -264,16 +264,17 @@ def spec_from_config(config: dict) -> TinyLumosSpec:
     dtypes = {name: dtype for dtype, name in SUPPORTED_DTYPES.items()}
     if config.get("torch_dtype") not in dtypes:
         raise ValueError(f"config torch_dtype must be one of {sorted(dtypes)}")
+    schema = LumosConfig.from_dict(config)
     return TinyLumosSpec(
-        hidden_size=config["hidden_size"],
-        num_attention_heads=config["num_attention_heads"],
-        num_key_value_heads=config["num_key_value_heads"],
-        num_hidden_layers=config["num_hidden_layers"],
-        intermediate_size=config["intermediate_size"],
+        hidden_size=schema.hidden_size,
+        num_attention_heads=schema.num_attention_heads,
+        num_key_value_heads=schema.num_key_value_heads,
+        num_hidden_layers=schema.num_hidden_layers,
+        intermediate_size=schema.intermediate_size,
         codebook_size=config["codebook_size"],
-        video_rows=config["video_rows"],
-        video_cols=config["video_cols"],
+        video_rows=schema.video_rows,
+        video_cols=schema.video_cols,
         dtype=dtypes[config["torch_dtype"]],
-        swin_norm=config.get("swin_norm", False),
-        model_parallel_size=config.get("model_parallel_size", 1),
+        swin_norm=schema.swin_norm,
+        model_parallel_size=schema.model_parallel_size,
     )
