@@ -591,6 +591,8 @@ class ReferenceVideoModel:
         self.weights = weights
         self.dtype = dtype
         self.rope = MMRoPE(config.head_dim, config.rope_theta)
+        # Called per layer of every forward with (layer, probabilities [H, N, M]); None: off.
+        self.attention_probe: Callable[[int, torch.Tensor], None] | None = None
 
     @classmethod
     def from_pretrained(
@@ -602,8 +604,6 @@ class ReferenceVideoModel:
         if not config_path.is_file():
             raise ValueError(f"{path} has no config.json")
         config = ReferenceConfig.from_dict(json.loads(config_path.read_text()))
-        # Called per layer of every forward with (layer, probabilities [H, N, M]); None: off.
-        self.attention_probe: Callable[[int, torch.Tensor], None] | None = None
         tensors = load_checkpoint_tensors(path)
         check_tensors(tensors, config)
         return cls(config, build_weights(tensors, config, dtype), dtype)
