@@ -79,6 +79,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--scenes", type=int, nargs="+", required=True, help="held-out indices")
     parser.add_argument("--setting", required=True, help="POLICY:KNOB=VALUE,... (quality.py)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        help="run only the variants whose name starts with one of these (default: all)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="JSONL, appended")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -101,6 +106,8 @@ def main(argv=None) -> None:
     rows = []
     for scene in args.scenes:
         for name, make_policy in variants(config).items():
+            if args.variants and not name.startswith(tuple(args.variants)):
+                continue
             accuracy = run_scene(model, clips[scene], make_policy)
             row = {
                 "model": shown(args.model),
