@@ -63,6 +63,13 @@ def test_masses_sum_to_one_per_query(model, clips):
     assert (mean[..., TEXT] > 0).all() and (mean[..., CONDITION] > 0).all()
 
 
+def test_the_model_s_own_continuation_is_measured_the_same_way(model, clips):
+    truth = measure(model, clips[:1]).mean()
+    generated = measure(model, clips[:1], source="generated").mean()
+    torch.testing.assert_close(generated.sum(-1), torch.ones(truth.shape[:2], dtype=truth.dtype))
+    assert not torch.allclose(generated, truth)  # a random model does not continue the truth
+
+
 def test_chunked_groups_equal_one_full_forward_grouped_by_hand(model, clips):
     """The measurement against the probabilities of a single causal forward of the whole clip."""
     clip = clips[0]
