@@ -4,7 +4,7 @@
         --prompts 8 --frames 24 --target-kv-frames 2 3.25 4 --out benchmarks/results/calibration
 
 For each of ``--prompts`` held-out scenes on the checkpoint's grid (``video/heldout.py``: caption
-+ the true first frame), the dense reference (``reference.py``, no eviction) runs the prompt and
++ the true first frame), the dense reference (``reference/``, no eviction) runs the prompt and
 ``--frames`` frames, either the scene's true frames (``--source truth``, teacher-forced) or the
 model's own greedy continuation (``--source generated``), and records the attention
 probabilities of every query of the *last* frame, per layer and head, summed over key groups: the

@@ -1,9 +1,10 @@
 """A trainable Lumos-1 (batched, differentiable) on the reference model's math, and its writer.
 
-The forward pass is ``reference.py``'s: ``rms_norm``, ``project_qkv`` (QK-norm), MM-RoPE
-``rotate`` at ``video_positions``, GQA softmax attention, ``mlp``, pre-norm layers. Only the
-attention call differs (a batched ``scaled_dot_product_attention`` with a [B, N, N] mask instead of
-``attend`` over one sequence); ``tests/unit/test_video_train.py`` checks both agree.
+The forward pass is the dense reference's (``reference/``): ``rms_norm``, ``project_qkv``
+(QK-norm), MM-RoPE ``rotate`` at ``video_positions``, GQA softmax attention, ``mlp``, pre-norm
+layers. Only the attention call differs (a batched ``scaled_dot_product_attention`` with a
+[B, N, N] mask instead of ``attend`` over one sequence); ``tests/unit/test_video_train.py`` checks
+both agree.
 
 Only the ids the data uses are trained (``ActiveVocab``: bytes, markers, palette codes). The other
 ~65k ids of Lumos-1's vocabulary share one ``lm_head`` row, so the training loss is the exact
