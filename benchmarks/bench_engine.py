@@ -27,6 +27,7 @@ class RunConfig:
     cfg_scale: float = 15.0  # frame-parallel: > 1 runs the unconditional twin (Lumos-1: 15)
     kv_cache_bytes: int = 1 << 30
     max_model_len: int = 32768
+    knobs: tuple[tuple[str, object], ...] = ()  # the policy's other knobs, (name, value)
 
 
 @dataclass
@@ -142,6 +143,7 @@ def engine_settings(config: RunConfig) -> dict:
     if config.policy == "stock":
         return settings
     knobs = {} if config.window is None else {"window": config.window}
+    knobs.update(dict(config.knobs))
     return {**settings, **engine_overrides(config.policy, mode=config.mode, **knobs)}
 
 
