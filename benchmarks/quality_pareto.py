@@ -15,13 +15,14 @@ admission reserves: PackCache's fill phase holds W whole frames) and at the vide
 Speed, each as the full cache's time over the setting's: the wall time of the quality run's own
 generation (all scenes batched in one engine, the same model; runs made at different times on a
 shared machine), and, where ``--out``/speed.jsonl has the setting (``quality_speed.py``: a few
-videos, the same model), end-to-end and last-four-frame time, means over its runs (their count
+videos, the same model), end-to-end and last-four-frame time, medians of its runs (their count
 in brackets); "not measured" otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +80,7 @@ class Row:
     history: float | None
     kv: VideoKV
     speedup: float | None  # the full cache's generation wall time / this setting's
-    bench: dict[str, float] | None  # speed.jsonl's seconds for this setting, mean over its runs
+    bench: dict[str, float] | None  # speed.jsonl's seconds for this setting, median of its runs
 
 
 def frame_tokens(record: dict) -> int:
@@ -110,19 +111,20 @@ def rows_of(
         config = setting.config()
         seconds = record.get("generate_s")
         speedup = None if full_s is None or not seconds else full_s / seconds
-        bench = mean_speed([b for b in speed if b["label"] == s.label])
+        bench = median_speed([b for b in speed if b["label"] == s.label])
         kv = video_kv(config, frames, frame_len)
         rows.append(Row(s, history_frames(config), kv, speedup, bench))
     baseline = next((s for s in summaries if s.mode == "baseline"), None)
     return rows, baseline
 
 
-def mean_speed(runs: list[dict]) -> dict[str, float] | None:
-    """speed.jsonl's runs of one setting -> their mean seconds, and how many runs (None: none)."""
+def median_speed(runs: list[dict]) -> dict[str, float] | None:
+    """speed.jsonl's runs of one setting -> their median seconds (a shared machine's slow outlier
+    moves it least), and how many runs (None: none)."""
     if not runs:
         return None
     fields = ("end_to_end_s", "last_four_s")
-    return {"runs": len(runs), **{f: sum(r[f] for r in runs) / len(runs) for f in fields}}
+    return {"runs": len(runs), **{f: statistics.median(r[f] for r in runs) for f in fields}}
 
 
 def table(rows: list[Row], baseline, frame_len: int) -> str:
