@@ -4,7 +4,7 @@
         --frames 24 --scenes 3 17 --setting packcache:window=4 \\
         --out benchmarks/results/quality-clip25/collapse.jsonl
 
-On the dense reference (``reference.py``, greedy float32; the engine is token-exact with it), for
+On the dense reference (``reference/``, greedy float32; the engine is token-exact with it), for
 each held-out scene, the same video under variants that each change one thing:
 
 * ``full``: nothing evicted (does the *model* fail on this scene anyway?);
