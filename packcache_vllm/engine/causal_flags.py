@@ -28,8 +28,8 @@ class CausalFlags:
     def __init__(self, max_rows: int, device: torch.device) -> None:
         pinned = device.type == "cuda"
         self.host = torch.full((max_rows,), CAUSAL, dtype=torch.int32, pin_memory=pinned)
-        self.on_device = self.host if device.type == "cpu" else torch.empty_like(
-            self.host, device=device
+        self.on_device = (
+            self.host if device.type == "cpu" else torch.empty_like(self.host, device=device)
         )
         self.active = False  # False: every row causal, the backend gets vLLM's own True
 

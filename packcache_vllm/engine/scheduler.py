@@ -33,6 +33,7 @@ from packcache_vllm.core.plan import (
     make_plan,
     num_new_complete_frames,
 )
+from packcache_vllm.core.policies import POLICY_NAMES
 from packcache_vllm.core.select import Selector
 from packcache_vllm.engine import faults, pool_fit, twins
 from packcache_vllm.engine.plans import FramesToOrder, WorkerPlan, global_slots
@@ -64,7 +65,7 @@ def scheduler_policy(vllm_config) -> PackCacheConfig:
     if config is None:
         raise ValueError(
             "PackCacheScheduler needs a KV policy: start vLLM with --kv-policy "
-            "full|sliding|packcache, or pass packcache_vllm.cli.engine_overrides(...) to LLM()"
+            f"{'|'.join(POLICY_NAMES)}, or pass packcache_vllm.cli.engine_overrides(...) to LLM()"
         )
     return config
 

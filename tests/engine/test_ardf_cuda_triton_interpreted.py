@@ -66,8 +66,9 @@ def triton_impl():
 
 
 def scales_layer():
-    import torch
     from types import SimpleNamespace
+
+    import torch
 
     one = torch.ones((), dtype=torch.float32)
     return SimpleNamespace(_q_scale=one, _k_scale=one, _v_scale=one)

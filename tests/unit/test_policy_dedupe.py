@@ -10,7 +10,7 @@ from packcache_vllm.core.budget import PackCacheConfig
 from packcache_vllm.core.policies import make_policy
 from packcache_vllm.core.policies.dedupe import DedupePolicy, DedupeSelector
 from packcache_vllm.core.select import uniform_order
-from tests.unit.policy_fixtures import COLS, F, ROWS, tiny_reference, video_prompt
+from tests.unit.policy_fixtures import COLS, ROWS, F, tiny_reference, video_prompt
 
 # The tiny random model's same-cell key similarities between frames lie in about [-0.3, 0.4]:
 # at 0.1 some cells of every frame are near-duplicates and some are not.
