@@ -446,9 +446,12 @@ def test_restart_keeps_finished_videos_and_fails_the_cut_off_one(
         check_frame_parallel_video(client, url)
 
 
-def check_frame_parallel_video(client, url: str) -> None:
+FRAME_PARALLEL_KNOBS = {"steps_per_frame": 4, "cfg_scale": 2.0, "seed": 7}  # guided: twins run
+
+
+def check_frame_parallel_video(client, url: str):
     """An image-to-video in frame-parallel mode (guided: both twins) equals the AR-DF
-    reference with the same policy and sampler knobs."""
+    reference with the same policy and sampler knobs; returns the finished Video."""
     import torch
 
     from packcache_vllm.codec.prompts import video_prompt
@@ -457,7 +460,7 @@ def check_frame_parallel_video(client, url: str) -> None:
     from packcache_vllm.reference import ReferenceVideoModel
     from packcache_vllm.reference_ardf import generate_ardf
 
-    knobs = {"steps_per_frame": 4, "cfg_scale": 2.0, "seed": 7}
+    knobs = FRAME_PARALLEL_KNOBS
     video = client.videos.create(
         prompt="a red square moves right",
         seconds="1",
@@ -476,3 +479,4 @@ def check_frame_parallel_video(client, url: str) -> None:
     codes = expected_codes(first, expected.token_ids, shape)
     served, _ = mp4_codes(client.videos.download_content(video.id).read())
     assert torch.equal(served, codes)
+    return video

@@ -12,8 +12,10 @@ routes still served.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -53,19 +55,14 @@ def metrics_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("ray-videos-metrics")
 
 
-@pytest.fixture(scope="module")
-def serve_url(ray_cluster, store, metrics_dir):
-    from ray import serve
-
-    from packcache_vllm.scale.serve import build_app
-
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = {
+def app_args(model_dir: Path, packcache: dict, store: Path, **more) -> dict:
+    """``build_app``'s args: one LLM replica of ``model_dir`` with PackCache's ``packcache``
+    knobs (and mode), float32, a small KV cache; the videos in ``store``."""
+    return {
         "model_id": MODEL_ID,
-        "model_source": str(MOTION_CHECKPOINT),
+        "model_source": str(model_dir),
         "kv_policy": "packcache",
-        "packcache": {"window": WINDOW},
+        "packcache": packcache,
         "engine_kwargs": {
             "dtype": "float32",
             "max_model_len": 4096,
@@ -73,14 +70,33 @@ def serve_url(ray_cluster, store, metrics_dir):
             "max_num_seqs": 4,
         },
         "autoscaling": {"max_replicas": 1},
-        "env_vars": {METRICS_DIR_ENV: str(metrics_dir)},
         "videos_dir": str(store),
+        **more,
     }
+
+
+@contextlib.contextmanager
+def running_app(args: dict):
+    """The application built from ``args`` on Ray Serve (local cluster); yields its /v1 URL."""
+    from ray import serve
+
+    from packcache_vllm.scale.serve import build_app
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(args), name="videos", route_prefix="/", blocking=False)
     try:
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def serve_url(ray_cluster, store, metrics_dir):
+    env_vars = {METRICS_DIR_ENV: str(metrics_dir)}
+    args = app_args(MOTION_CHECKPOINT, {"window": WINDOW}, store, env_vars=env_vars)
+    with running_app(args) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
