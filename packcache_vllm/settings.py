@@ -139,6 +139,15 @@ class Settings:
     mode: str = NEXT_TOKEN
     config: PackCacheConfig | None = None
 
+    def __post_init__(self) -> None:
+        if self.config is not None and self.mode != NEXT_TOKEN:
+            if self.config.make_selector().needs_attention:
+                raise ValueError(
+                    f"KV policy {self.policy!r} ranks a frame's tokens by the attention of the "
+                    f"next frame's queries, which only next-token mode records; "
+                    f"{MODE_FLAG} {self.mode} cannot use it"
+                )
+
     @property
     def active(self) -> bool:
         return self.config is not None

@@ -32,7 +32,7 @@ def cell_offsets(rows: int, cols: int) -> range:
     return range(NUM_LEADING_MARKERS, tokens_per_frame(rows, cols) - 1)
 
 
-def _check_grid(rows: int, cols: int) -> None:
+def check_grid(rows: int, cols: int) -> None:
     for name, value in (("rows", rows), ("cols", cols)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"selector {name} must be an integer >= 1, got {value!r}")
@@ -55,11 +55,14 @@ class Selector(abc.ABC):
     """One token-priority policy. ``needs_keys``: ``order`` reads the frame's keys (of the
     layer ``key_layer`` names). ``needs_newer_frame``: it also reads the keys of the frame that
     follows, so a frame is ordered when its successor completes, not when it does (it is still
-    whole then: a frame at distance 0 is never thinned)."""
+    whole then: a frame at distance 0 is never thinned). ``needs_attention``: it reads the
+    attention the next frame's queries paid to the frame's tokens (then ``needs_keys`` and
+    ``needs_newer_frame`` hold too: the worker computes it from the cached keys)."""
 
     name: ClassVar[str]
     needs_keys: ClassVar[bool]
     needs_newer_frame: ClassVar[bool] = False
+    needs_attention: ClassVar[bool] = False
 
     @abc.abstractmethod
     def order(
@@ -68,13 +71,17 @@ class Selector(abc.ABC):
         cols: int,
         keys: torch.Tensor | None = None,
         newer_keys: torch.Tensor | None = None,
+        attention: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Priority order of a frame's tokens.
 
         keys: [F, num_kv_heads, head_dim] float keys of the frame (one layer), F = rows * (cols + 1)
         + 4, in logical (raster) order; only read when ``needs_keys``. newer_keys: the same of
         the next frame, at the same rotary time as ``keys`` (pre-RoPE, or both rotated to one
-        time); only read when ``needs_newer_frame``.
+        time); only read when ``needs_newer_frame``. attention: [F] float, per token of the
+        frame the attention probability the next frame's queries paid to it (in the last
+        layer, summed over those queries, averaged over heads); only read when
+        ``needs_attention``.
         Returns [F] int64, a permutation of range(F), most important token first.
         """
 
@@ -96,9 +103,11 @@ class UniformSelector(Selector):
     name = "uniform"
     needs_keys = False
 
-    def order(self, rows: int, cols: int, keys=None, newer_keys=None) -> torch.Tensor:
+    def order(
+        self, rows: int, cols: int, keys=None, newer_keys=None, attention=None
+    ) -> torch.Tensor:
         """Returns [F] int64 (CPU); ``keys`` and ``newer_keys`` are ignored."""
-        _check_grid(rows, cols)
+        check_grid(rows, cols)
         return torch.tensor(uniform_order(rows, cols), dtype=torch.int64)
 
 
@@ -228,7 +237,9 @@ class KeyNormSelector(Selector):
     name = "key_norm"
     needs_keys = True
 
-    def order(self, rows: int, cols: int, keys=None, newer_keys=None) -> torch.Tensor:
+    def order(
+        self, rows: int, cols: int, keys=None, newer_keys=None, attention=None
+    ) -> torch.Tensor:
         """keys: [F, num_kv_heads, head_dim]. Returns [F] int64 on keys' device."""
         frame_len = check_frame_keys(self.name, "the frame's keys", rows, cols, keys)
         cells = torch.arange(NUM_LEADING_MARKERS, frame_len - 1, device=keys.device)
@@ -240,7 +251,7 @@ class KeyNormSelector(Selector):
 
 def check_frame_keys(name: str, what: str, rows: int, cols: int, keys) -> int:
     """F, after checking ``keys`` is [F, num_kv_heads, head_dim] for a rows x cols frame."""
-    _check_grid(rows, cols)
+    check_grid(rows, cols)
     frame_len = tokens_per_frame(rows, cols)
     if keys is None or keys.dim() != 3 or keys.shape[0] != frame_len:
         got = "None" if keys is None else list(keys.shape)

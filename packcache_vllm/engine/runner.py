@@ -29,11 +29,14 @@ from __future__ import annotations
 import torch
 from vllm.v1.worker.cpu_model_runner import CPUModelRunner
 
+from packcache_vllm.core.policies import spec_of
 from packcache_vllm.core.select import key_layer
 from packcache_vllm.engine import faults
 from packcache_vllm.engine.kv_access import KVAccess, kv_access_for
 from packcache_vllm.engine.kv_layout import PageLayout, learn_page_layout
-from packcache_vllm.engine.plans import FramesToOrder, WorkerPlan, global_slots
+from packcache_vllm.engine.plans import AttentionContext, FramesToOrder, WorkerPlan, global_slots
+from packcache_vllm.engine.query_log import QueryLog, attention_mass
+from packcache_vllm.engine.request_policy import engine_policy
 from packcache_vllm.engine.seam.process import vllm_logger
 from packcache_vllm.engine.seam.running import runner_seam
 from packcache_vllm.engine.seam.scheduling import plans_of, with_failures
@@ -55,6 +58,8 @@ class PackCacheRunnerMixin:
         self.page_layout: PageLayout | None = None
         self.kv_access: KVAccess | None = None
         self.failed_requests: dict[str, str] = {}  # this step's, request id -> cause
+        self.query_log: QueryLog | None = None  # a selector that reads attention: queries
+        self.step_queries: torch.Tensor | None = None  # this step's last layer's [N, H, hd]
 
     def initialize_kv_cache(self, kv_cache_config, *args, **kwargs) -> None:
         super().initialize_kv_cache(kv_cache_config, *args, **kwargs)
@@ -69,13 +74,53 @@ class PackCacheRunnerMixin:
             device=cache.device,
         )
         self.kv_access = kv_access_for(self.page_layout, cache.device, backend)
+        config = engine_policy(self.vllm_config)
+        if config is not None and config.make_selector().needs_attention:
+            self.record_queries(config)
+
+    def record_queries(self, config) -> None:
+        """Have the model hand over its last layer's queries each step (``query_log``)."""
+        model = self.get_model()
+        if not hasattr(model, "record_last_layer_queries"):
+            raise ValueError(
+                f"{spec_of(config).name}: the model {type(model).__name__} does not expose its "
+                "last layer's queries (record_last_layer_queries)"
+            )
+        if self.device.type == "cuda" and not self.model_config.enforce_eager:
+            raise ValueError(
+                f"{spec_of(config).name} records the last layer's queries in Python, which a "
+                "captured CUDA graph skips: run with --enforce-eager"
+            )
+        self.query_log = QueryLog()
+        model.record_last_layer_queries(self.keep_step_queries)
+
+    def keep_step_queries(self, queries: torch.Tensor) -> None:
+        self.step_queries = queries
 
     # --- before the forward -----------------------------------------------------------------
     def execute_model(self, scheduler_output, *args, **kwargs):
         self.forget_finished(scheduler_output)
         for request_id, plan in plans_of(scheduler_output).items():
             self.apply_plan(request_id, plan)
-        return self.report_failures(super().execute_model(scheduler_output, *args, **kwargs))
+        self.step_queries = None  # set again by this step's forward, if it records queries
+        output = super().execute_model(scheduler_output, *args, **kwargs)
+        if self.step_queries is not None:
+            self.file_step_queries(scheduler_output)
+        return self.report_failures(output)
+
+    def file_step_queries(self, scheduler_output) -> None:
+        """File this step's recorded queries under their requests: rows in batch order, each
+        request's at the logical indices its step computed (a prompt's are not kept)."""
+        queries, self.step_queries = self.step_queries, None
+        counts = scheduler_output.num_scheduled_tokens
+        first_row = 0
+        for row, request_id in enumerate(self.batch_request_ids()):
+            count, start = counts[request_id], self.computed_tokens_of_row(row)
+            skip = max(0, min(count, self.num_prompt_tokens_of(request_id) - start))
+            if skip < count:
+                rows = queries[first_row + skip : first_row + count]
+                self.query_log.record(request_id, start + skip, rows)
+            first_row += count
 
     def sample_tokens(self, *args, **kwargs):
         return self.report_failures(super().sample_tokens(*args, **kwargs))
@@ -109,6 +154,8 @@ class PackCacheRunnerMixin:
             self.evicted_tokens.pop(request_id, None)
             self.dropped_frames.pop(request_id, None)
             self.pristine_anchor_keys.pop(request_id, None)
+            if self.query_log is not None:
+                self.query_log.forget(request_id)
 
     def apply_plan(self, request_id: str, plan: WorkerPlan) -> None:
         """Rewrite the request's KV, then use its packed block list. If the rewrite raises, the
@@ -120,13 +167,15 @@ class PackCacheRunnerMixin:
         except Exception as err:
             self.fail_request(request_id, err)
         self.use_packed_blocks(request_id, plan)
+        if plan.keep_queries_from is not None:
+            self.query_log.drop_before(request_id, plan.keep_queries_from)
 
     def rewrite_kv(self, request_id: str, plan: WorkerPlan) -> None:
         device = self.kv_access.device
         sampling_params = self.sampling_params_of(request_id)
         if plan.frames_to_order is not None:
             faults.inject("sorts", request_id, sampling_params)
-            self.order_frames_by_keys(plan.frames_to_order, plan.t_stride)
+            self.order_frames_by_keys(request_id, plan.frames_to_order, plan.t_stride)
         faults.inject("moves", request_id, sampling_params)
         self.kv_access.move(
             self.layer_caches(),
@@ -142,20 +191,29 @@ class PackCacheRunnerMixin:
         self.evicted_tokens[request_id] = plan.evicted_tokens
         self.dropped_frames[request_id] = plan.dropped_frames
 
-    def order_frames_by_keys(self, frames: FramesToOrder, t_stride: int) -> None:
+    def order_frames_by_keys(self, request_id: str, frames: FramesToOrder, t_stride: int) -> None:
         """Sort each frame's tokens within its own slots into the selector's priority order,
         computed from the frame's cached keys in layer ``key_layer`` (all layers move alike).
         A selector that compares a frame with the next one also gets the next frame's keys;
         the frame's own are rotated forward by ``t_stride`` along t, so both sit at one time
-        (cached keys are rotated at their positions, a frame ``t_stride`` after the one before)."""
+        (cached keys are rotated at their positions, a frame ``t_stride`` after the one before).
+        A selector that reads attention gets, instead, the attention the next frame's queries
+        paid to the frame (``frame_attention``)."""
         selector = frames.selector
         rows, cols = frame_grid(self.model_config.hf_config)
         device = self.kv_access.device
         caches = self.layer_caches()
         keys_cache = caches[key_layer(len(caches))]
+        if frames.attention is not None:
+            attention = self.frame_attention(request_id, frames.attention, keys_cache)
         sources, targets = [], []
         for index, frame_slots in enumerate(frames.slots):
             slots = torch.tensor(frame_slots, dtype=torch.int64, device=device)  # [F]
+            if frames.attention is not None:
+                order = selector.order(rows, cols, attention=attention[index]).to(device)
+                sources.append(slots[order])
+                targets.append(slots)
+                continue
             keys = self.kv_access.read_keys(keys_cache, slots)  # [F, KV, hd]
             newer_keys = None
             if frames.newer_slots is not None:
@@ -166,6 +224,25 @@ class PackCacheRunnerMixin:
             sources.append(slots[order])
             targets.append(slots)
         self.kv_access.move(caches, torch.cat(sources), torch.cat(targets))
+
+    def frame_attention(
+        self, request_id: str, context: AttentionContext, keys_cache: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Per frame, [F] float32: the attention its newer frame's F queries paid to each of its
+        tokens, recomputed from the recorded queries and the cached keys (the softmax over every
+        key the query saw, the newer frame's own causally), summed over the queries, averaged
+        over heads."""
+        device = self.kv_access.device
+        context_slots = torch.tensor(context.context_slots, dtype=torch.int64, device=device)
+        keys = self.kv_access.read_keys(keys_cache, context_slots).float()  # [P, KV, hd]
+        attention = []
+        for positions, (logical, physical) in zip(
+            context.frame_positions, context.newer_starts, strict=True
+        ):
+            queries = self.query_log.take(request_id, logical, len(positions))  # [F, H, hd]
+            columns = torch.tensor(positions, dtype=torch.int64, device=device)
+            attention.append(attention_mass(queries, keys, physical, columns))  # [F]
+        return attention
 
     def rebase_anchor_keys(self, request_id: str, plan: WorkerPlan) -> None:
         """Write the anchors' keys rotated by +t_stride * dropped_frames along t."""

@@ -20,7 +20,7 @@ engine keeps serving the others.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from vllm.utils.math_utils import cdiv
 from vllm.v1.request import RequestStatus
@@ -36,7 +36,7 @@ from packcache_vllm.core.plan import (
 from packcache_vllm.core.policies import POLICY_NAMES
 from packcache_vllm.core.select import Selector
 from packcache_vllm.engine import faults, pool_fit, twins
-from packcache_vllm.engine.plans import FramesToOrder, WorkerPlan, global_slots
+from packcache_vllm.engine.plans import AttentionContext, FramesToOrder, WorkerPlan, global_slots
 from packcache_vllm.engine.request_policy import request_policy, video_layout
 from packcache_vllm.engine.seam.process import vllm_logger
 from packcache_vllm.engine.seam.scheduling import (
@@ -266,7 +266,12 @@ class PackCacheScheduler(SchedulerSeam):
             num_freed,
             plan.num_blocks_kept,
         )
-        return self.worker_plan(plan, old_ids, kv.eviction_layout, frames_to_order)
+        worker_plan = self.worker_plan(plan, old_ids, kv.eviction_layout, frames_to_order)
+        if not selector.needs_attention:
+            return worker_plan
+        state = plan.new_state  # queries of the incomplete frame on are still needed
+        first_incomplete = state.anchor_len + state.num_complete_frames * kv.layout.tokens_per_frame
+        return replace(worker_plan, keep_queries_from=first_incomplete)
 
     def worker_plan(
         self,
@@ -321,8 +326,33 @@ class PackCacheScheduler(SchedulerSeam):
             return global_slots(old_ids, self.block_size, whole_frame_slots(old, frame, frame_len))
 
         slots = tuple(slots_of(frame) for frame in frames)
+        if not slots:
+            return None
         newer = tuple(slots_of(frame + 1) for frame in frames) if late else None
-        return FramesToOrder(selector, slots, newer) if slots else None
+        attention = None
+        if selector.needs_attention:
+            attention = self.attention_context(old, frames, frame_len, old_ids)
+        return FramesToOrder(selector, slots, newer, attention)
+
+    def attention_context(
+        self, old: PhysicalState, frames: range, frame_len: int, old_ids: list[int]
+    ) -> AttentionContext:
+        """Where each frame and its newer frame (still in the tail, contiguous) sit in the
+        physical cache before this compaction, and the slots of everything up to the last newer
+        frame's end (what its queries saw)."""
+        newer_physical = [whole_frame_slots(old, frame + 1, frame_len)[0] for frame in frames]
+        return AttentionContext(
+            context_slots=global_slots(
+                old_ids, self.block_size, range(newer_physical[-1] + frame_len)
+            ),
+            frame_positions=tuple(
+                tuple(whole_frame_slots(old, frame, frame_len)) for frame in frames
+            ),
+            newer_starts=tuple(
+                (old.anchor_len + (frame + 1) * frame_len, physical)
+                for frame, physical in zip(frames, newer_physical, strict=True)
+            ),
+        )
 
     def kv_of(self, request) -> RequestKV:
         kv = self.request_kv.get(request.request_id)

@@ -13,7 +13,7 @@ config (``video_rows`` x ``video_cols``; Lumos-1's 672x384 default is 48 x 84). 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -118,6 +118,9 @@ class LumosAttention(nn.Module):
             quant_config=quant_config,
             prefix=f"{prefix}.attn",
         )
+        # Called with every forward's rotated queries [N, H, head_dim] when set (a KV policy
+        # that ranks tokens by attention records the last layer's); None: off.
+        self.query_recorder: Callable[[torch.Tensor], None] | None = None
 
     def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """hidden: [N, D]; cos, sin: [N, head_dim] float32 -> [N, D]."""
@@ -125,6 +128,8 @@ class LumosAttention(nn.Module):
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         n = hidden.shape[0]
         q = rotate(self.q_norm(q.view(n, self.num_heads, self.head_dim)), cos, sin)
+        if self.query_recorder is not None:
+            self.query_recorder(q)
         k = rotate(self.k_norm(k.view(n, self.num_kv_heads, self.head_dim)), cos, sin)
         out = self.attn(q.reshape(n, self.q_size), k.reshape(n, self.kv_size), v)
         return self.o_proj(out)[0]
@@ -209,6 +214,11 @@ class LumosForVideoGeneration(nn.Module, SupportsMRoPE):
         )
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, prefix="lm_head")
         self.logits_processor = LogitsProcessor(config.vocab_size)
+
+    def record_last_layer_queries(self, recorder: Callable[[torch.Tensor], None]) -> None:
+        """Have ``recorder`` called with the last layer's rotated queries [N, H, head_dim] of
+        every forward (eager execution: the model is never compiled or graph-captured here)."""
+        self.model.layers[-1].self_attn.query_recorder = recorder
 
     # --- positions -------------------------------------------------------------------------
     def get_mrope_input_positions(

@@ -50,7 +50,9 @@ class KeepPolicy(Protocol):
 
     Optionally ``eviction_layout(layout) -> FrameLayout``: the layout the session evicts by, with
     the policy's sink frames among the anchors (kept whole, rebased with the prompt); frames are
-    then counted from the first one after the sinks.
+    then counted from the first one after the sinks. Optionally ``needs_attention`` (True): the
+    session then also passes ``previous_frame_attention``, [F] float32: the attention the frame
+    that just completed paid to each token of the frame before it (see ``ReferenceSession``).
     """
 
     def kept_history(
@@ -111,6 +113,11 @@ class PackCachePolicy:
             self._selector = make() if make is not None else make_selector(self.config.selector)
         return self._selector
 
+    @property
+    def needs_attention(self) -> bool:
+        """Whether the selector ranks a frame by the attention the next frame paid to it."""
+        return self._explicit is None and self.selector.needs_attention
+
     def eviction_layout(self, layout: FrameLayout) -> FrameLayout:
         """The layout eviction sees: a policy's sink frames join the prompt's anchors (a config
         without ``eviction_layout`` has none)."""
@@ -122,13 +129,16 @@ class PackCachePolicy:
         num_complete_frames: int,
         layout: FrameLayout,
         newest_frame_keys: Sequence[torch.Tensor] = (),
+        previous_frame_attention: torch.Tensor | None = None,
     ) -> KeptHistory:
         counts = tuple(self.config.keep_counts(num_complete_frames, layout.tokens_per_frame))
         if len(counts) != num_complete_frames:
             raise ValueError(
                 f"keep_counts({num_complete_frames}, ...) returned {len(counts)} counts"
             )
-        orders = self._orders(num_complete_frames, layout, newest_frame_keys)
+        orders = self._orders(
+            num_complete_frames, layout, newest_frame_keys, previous_frame_attention
+        )
         if self.selector.needs_newer_frame and counts and counts[-1] != layout.tokens_per_frame:
             raise ValueError(
                 f"selector {self.selector.name!r} orders a frame when the next one completes, "
@@ -141,7 +151,11 @@ class PackCachePolicy:
         return KeptHistory(self.config.dropped_frames(num_complete_frames), kept)
 
     def _orders(
-        self, num_complete_frames: int, layout: FrameLayout, newest_frame_keys
+        self,
+        num_complete_frames: int,
+        layout: FrameLayout,
+        newest_frame_keys,
+        previous_frame_attention: torch.Tensor | None,
     ) -> list[torch.Tensor]:
         """One [F] priority permutation per complete generated frame, oldest -> newest."""
         per_frame = layout.tokens_per_frame
@@ -164,19 +178,24 @@ class PackCachePolicy:
             )
         keys = newest_frame_keys[layer]
         if self.selector.needs_newer_frame:
-            return self._order_previous_frame(layout, keys)
+            return self._order_previous_frame(layout, keys, previous_frame_attention)
         order = self.selector.order(layout.rows, layout.cols, keys).to(torch.int64).cpu()
         check_permutation(order, per_frame)
         self._frame_orders.append(order)
         return self._frame_orders
 
-    def _order_previous_frame(self, layout: FrameLayout, keys: torch.Tensor) -> list[torch.Tensor]:
+    def _order_previous_frame(
+        self, layout: FrameLayout, keys: torch.Tensor, attention: torch.Tensor | None
+    ) -> list[torch.Tensor]:
         """A selector that compares a frame with the next one orders the previous frame now,
-        from its keys and the newest frame's (``keys``, [F, KV, hd]); the newest frame keeps
-        its raster order until its successor completes (it is whole until then)."""
+        from its keys and the newest frame's (``keys``, [F, KV, hd]) or from the attention the
+        newest frame paid to it (``attention``, [F]); the newest frame keeps its raster order
+        until its successor completes (it is whole until then)."""
         if self._frame_orders:
             previous = self._newest_keys
-            order = self.selector.order(layout.rows, layout.cols, previous, newer_keys=keys)
+            order = self.selector.order(
+                layout.rows, layout.cols, previous, newer_keys=keys, attention=attention
+            )
             order = order.to(torch.int64).cpu()
             check_permutation(order, layout.tokens_per_frame)
             self._frame_orders[-1] = order

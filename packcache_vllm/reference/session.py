@@ -4,7 +4,8 @@ completes (and the time rebase), and the records of how each token was chosen.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,6 +24,7 @@ class SessionModel(Protocol):
     config: ReferenceConfig
     dtype: torch.dtype
     rope: MMRoPE
+    attention_probe: Callable[[int, torch.Tensor], None] | None
 
     def check_ids(self, token_ids: Sequence[int]) -> torch.Tensor: ...
 
@@ -71,6 +73,11 @@ class ReferenceSession:
 
     Use ``prefill(prompt)`` once, then ``feed(token)`` per token; both return logits of the next
     token and then evict if a generated frame just completed.
+
+    For a policy that ``needs_attention``, every forward adds, from the last layer's softmax, the
+    attention that the tokens of the frame being generated pay to each token of the generated
+    frame before it (summed over those queries, averaged over heads): when the frame completes,
+    the policy gets that sum (``previous_frame_attention``) and it starts again from zero.
     """
 
     model: SessionModel
@@ -84,10 +91,12 @@ class ReferenceSession:
     complete_frames: int = field(default=0, init=False)
     last_attended: torch.Tensor = field(init=False)  # [M] indices the last forward attended to
     last_dropped_frames: int = field(default=0, init=False)  # Δ of the last forward
+    previous_frame_attention: torch.Tensor = field(init=False)  # [F] float32, see the docstring
 
     def __post_init__(self) -> None:
         self.cache = KVCache.empty(self.model.config, self.model.dtype)
         self.prompt_len = self.layout.anchor_len
+        self.previous_frame_attention = torch.zeros(self.layout.tokens_per_frame)
         eviction_layout = getattr(self.policy, "eviction_layout", None)  # optional in KeepPolicy
         if eviction_layout is not None:  # sink frames join the prompt's anchors
             self.layout = eviction_layout(self.layout)
@@ -121,19 +130,57 @@ class ReferenceSession:
     def _forward(self, token_ids: Sequence[int], *, last_only: bool) -> torch.Tensor:
         ids = self.model.check_ids(token_ids)
         index = torch.arange(self.num_tokens, self.num_tokens + len(ids), dtype=torch.int64)
-        hidden = self.model.run_layers(
-            ids,
-            index,
-            self.cache,
-            self.layout,
-            self._rope_shift(),
-            keys_rotated=self.rebase is RebaseMode.ROTATE_ANCHORS,
-        )
+        with self._recording_attention(index):
+            hidden = self.model.run_layers(
+                ids,
+                index,
+                self.cache,
+                self.layout,
+                self._rope_shift(),
+                keys_rotated=self.rebase is RebaseMode.ROTATE_ANCHORS,
+            )
         self.last_attended = self.cache.indices
         self.last_dropped_frames = self.dropped_frames
         self.num_tokens += len(ids)
         self._evict_if_frame_completed()
         return self.model.logits(hidden[-1:] if last_only else hidden)
+
+    @contextlib.contextmanager
+    def _recording_attention(self, index: torch.Tensor) -> Iterator[None]:
+        """During one forward of the tokens at ``index`` [N], add their last-layer attention to
+        the previous generated frame (policies that ``needs_attention`` only)."""
+        if not getattr(self.policy, "needs_attention", False):
+            yield
+            return
+        columns = torch.cat([self.cache.indices, index])  # [M] what the forward attends to
+        last_layer = self.model.config.num_hidden_layers - 1
+        outer = self.model.attention_probe
+
+        def probe(layer: int, probs: torch.Tensor) -> None:
+            if outer is not None:
+                outer(layer, probs)
+            if layer == last_layer:
+                self._add_previous_frame_attention(index, columns, probs)
+
+        self.model.attention_probe = probe
+        try:
+            yield
+        finally:
+            self.model.attention_probe = outer
+
+    def _add_previous_frame_attention(
+        self, index: torch.Tensor, columns: torch.Tensor, probs: torch.Tensor
+    ) -> None:
+        """index: [N] the queries' logical indices; columns: [M] the keys'; probs: [H, N, M]."""
+        if not self.complete_frames:
+            return  # the frame being generated is the first one: no generated frame before it
+        current = self.layout.num_anchor_frames + self.complete_frames
+        start, end = self.layout.frame_span(current)
+        previous_start, previous_end = self.layout.frame_span(current - 1)
+        rows = (index >= start) & (index < end)
+        cols = (columns >= previous_start) & (columns < previous_end)
+        mass = probs[:, rows][:, :, cols].sum(dim=1).mean(dim=0)  # [cols]
+        self.previous_frame_attention.index_add_(0, columns[cols] - previous_start, mass)
 
     def _rope_shift(self) -> int:
         """Δ used for the forward: the rebase is in the positions, or already in the keys."""
@@ -146,7 +193,7 @@ class ReferenceSession:
             self.complete_frames = max(complete, self.complete_frames)
             return
         self.complete_frames = complete
-        history = self.policy.kept_history(complete, layout, self._newest_frame_keys())
+        history = self._kept_history(complete)
         newly_dropped = history.dropped_frames - self.dropped_frames
         if newly_dropped < 0:
             raise ValueError(
@@ -156,6 +203,16 @@ class ReferenceSession:
         if newly_dropped and self.rebase is RebaseMode.ROTATE_ANCHORS:
             self._rotate_anchor_keys(layout.t_stride * newly_dropped)
         self.dropped_frames = history.dropped_frames
+
+    def _kept_history(self, complete: int) -> KeptHistory:
+        keys = self._newest_frame_keys()
+        if not getattr(self.policy, "needs_attention", False):
+            return self.policy.kept_history(complete, self.layout, keys)
+        attention = self.previous_frame_attention
+        self.previous_frame_attention = torch.zeros_like(attention)
+        return self.policy.kept_history(
+            complete, self.layout, keys, previous_frame_attention=attention
+        )
 
     def _newest_frame_keys(self) -> list[torch.Tensor]:
         """Per layer [F, KV, hd]: the pre-RoPE keys of the frame that just completed (whole).

@@ -5,8 +5,8 @@ One in-process engine per policy (``--kv-policy NAME`` with small knobs, so fram
 or thinned well before the end), three concurrent requests of different prompt and video
 lengths in one batch, one of them with a per-request knob override; float32 greedy decoding.
 Teeth: for each policy, at least one video differs from the reference under a neighbouring
-policy (sink-window without its sinks, dedupe's budget with the uniform selector, geometric vs
-PackCache's own budget), so the oracle tells the policies apart.
+policy (sink-window without its sinks, dedupe's and salience's budget with the uniform selector,
+geometric vs PackCache's own budget), so the oracle tells the policies apart.
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ CASES = {
         {"packcache_threshold": 0.2},
         ("packcache", {"window": 3, "min_keep": 0.25}),
     ),
+    "salience": (
+        {"window": 3, "min_keep": 0.25},
+        {"packcache_min_keep": 0.5},
+        ("packcache", {"window": 3, "min_keep": 0.25}),
+    ),
 }
 BAD_REQUEST_KNOBS = [
     ("sink-window", {"packcache_sinks": -1}, "sinks"),
@@ -43,6 +48,8 @@ BAD_REQUEST_KNOBS = [
     ("geometric", {"packcache_window": 2}, r"has no knob\(s\) \['window'\]"),
     ("dedupe", {"packcache_threshold": 1.5}, "threshold"),
     ("dedupe", {"packcache_selector": "key_norm"}, r"has no knob\(s\) \['selector'\]"),
+    ("salience", {"packcache_decay": 0}, "decay"),
+    ("salience", {"packcache_threshold": 0.5}, r"has no knob\(s\) \['threshold'\]"),
 ]
 _ENGINES: dict[str, object] = {}
 

@@ -30,3 +30,35 @@ def attended_frames(indices, layout) -> list[int]:
     ``indices`` ([M] int64), each once, ascending."""
     generated = indices[indices >= layout.anchor_len] - layout.anchor_len
     return sorted({int(i) // layout.tokens_per_frame for i in generated})
+
+
+def video_in_both_rebase_modes(model, config, num_frames: int) -> tuple[tuple[int, ...], ...]:
+    """The token ids of one text-to-video under ``config``, the time rebase realised in the
+    positions and in rotated anchor keys (``RebaseMode``): equal when keys are compared at the
+    right rotary time."""
+    from packcache_vllm.reference import PackCachePolicy, RebaseMode
+
+    prompt = video_prompt(with_condition_frame=False)
+    layout = model.layout_for(prompt)
+    return tuple(
+        model.generate(
+            prompt, layout, num_frames * F, PackCachePolicy(config), rebase=mode
+        ).token_ids
+        for mode in (RebaseMode.POSITIONS, RebaseMode.ROTATE_ANCHORS)
+    )
+
+
+def kept_prefixes_differ_from_uniform(histories, order_of) -> bool:
+    """Assert that every frame of each history (one per completion, ``KeptHistory``) that is
+    ordered by then (its successor complete) keeps a prefix of ``order_of(frame)`` ([F]); return
+    whether some kept set differs from the uniform selector's prefix of the same size."""
+    from packcache_vllm.core.select import uniform_order
+
+    spread = list(uniform_order(ROWS, COLS))
+    differs = False
+    for n, history in enumerate(histories, start=1):
+        for frame in range(history.dropped_frames, n - 1):
+            count = len(history.kept_offsets[frame])
+            assert history.kept_offsets[frame] == frozenset(order_of(frame)[:count].tolist())
+            differs |= history.kept_offsets[frame] != frozenset(spread[:count])
+    return differs

@@ -36,6 +36,10 @@ def entry_of(overrides: dict) -> dict:
             ["--kv-policy", "dedupe", "--packcache-window", "3", "--packcache-threshold", "0.9"],
             {"window": 3, "decay": 0.5, "min_keep": 1.0, "threshold": 0.9},
         ),
+        (
+            ["--kv-policy", "salience", "--packcache-min-keep", "0.25"],
+            {"window": 4, "decay": 0.5, "min_keep": 0.25},
+        ),
     ],
 )
 def test_flags_give_the_policys_knobs(parser, flags, entry):
@@ -55,6 +59,10 @@ def test_flags_give_the_policys_knobs(parser, flags, entry):
         (
             ["--kv-policy", "geometric", "--packcache-decay", "1"],
             "geometric decay must be a number in (0, 1), got 1.0",
+        ),
+        (
+            ["--kv-policy", "salience", "--packcache-mode", "frame-parallel"],
+            "--packcache-mode frame-parallel cannot use it",
         ),
     ],
 )

@@ -10,7 +10,15 @@ from packcache_vllm.core.budget import PackCacheConfig
 from packcache_vllm.core.policies import make_policy
 from packcache_vllm.core.policies.dedupe import DedupePolicy, DedupeSelector
 from packcache_vllm.core.select import uniform_order
-from tests.unit.policy_fixtures import COLS, ROWS, F, tiny_reference, video_prompt
+from tests.unit.policy_fixtures import (
+    COLS,
+    ROWS,
+    F,
+    kept_prefixes_differ_from_uniform,
+    tiny_reference,
+    video_in_both_rebase_modes,
+    video_prompt,
+)
 
 # The tiny random model's same-cell key similarities between frames lie in about [-0.3, 0.4]:
 # at 0.1 some cells of every frame are near-duplicates and some are not.
@@ -101,28 +109,16 @@ def test_reference_orders_a_frame_by_the_next_ones_keys(model):
     config = DedupePolicy.build(window=3, min_keep=0.25, threshold=THRESHOLD)
     probe = KeyProbe(PackCachePolicy(config))
     model.generate(prompt, layout, 7 * F, probe)
-    spread = list(uniform_order(ROWS, COLS))
-    differs_from_uniform = False
-    for n, history in enumerate(probe.histories, start=1):
-        for frame in range(history.dropped_frames, n - 1):
-            order = config.make_selector().order(
-                ROWS, COLS, probe.keys[frame], probe.keys[frame + 1]
-            )
-            count = len(history.kept_offsets[frame])
-            assert history.kept_offsets[frame] == frozenset(order[:count].tolist())
-            differs_from_uniform |= history.kept_offsets[frame] != frozenset(spread[:count])
-    assert differs_from_uniform
+    selector = config.make_selector()
+
+    def order_of(frame: int):
+        return selector.order(ROWS, COLS, probe.keys[frame], probe.keys[frame + 1])
+
+    assert kept_prefixes_differ_from_uniform(probe.histories, order_of)
 
 
 def test_reference_rebase_modes_agree(model):
     """Rotated cached keys are rotated back before they are compared (ROTATE_ANCHORS)."""
-    from packcache_vllm.reference import PackCachePolicy, RebaseMode
-
-    prompt = video_prompt(with_condition_frame=False)
-    layout = model.layout_for(prompt)
     config = DedupePolicy.build(window=3, min_keep=0.25, threshold=THRESHOLD)
-    by_positions = model.generate(prompt, layout, 6 * F, PackCachePolicy(config))
-    by_rotation = model.generate(
-        prompt, layout, 6 * F, PackCachePolicy(config), rebase=RebaseMode.ROTATE_ANCHORS
-    )
-    assert by_positions.token_ids == by_rotation.token_ids
+    by_positions, by_rotation = video_in_both_rebase_modes(model, config, 6)
+    assert by_positions == by_rotation

@@ -17,6 +17,7 @@ from functools import partial
 from packcache_vllm.core.budget import PackCacheConfig
 from packcache_vllm.core.policies.dedupe import DedupePolicy
 from packcache_vllm.core.policies.geometric import GeometricPolicy
+from packcache_vllm.core.policies.salience import SaliencePolicy
 from packcache_vllm.core.policies.sink_window import SinkWindowPolicy
 from packcache_vllm.core.select import SELECTORS
 
@@ -115,6 +116,14 @@ POLICY_SPECS: dict[str, PolicySpec] = {
         "packcache's budget; a thinned frame gives up first the cells whose last-layer key "
         "nearly repeats in the next frame (cosine >= 0.95)",
         DedupePolicy.build,
+    ),
+    "salience": PolicySpec(
+        "salience",
+        SaliencePolicy,
+        ("window", "decay", "min_keep"),
+        "packcache's budget; a thinned frame keeps the cells the next frame's queries attended "
+        "to most (last layer; next-token mode)",
+        SaliencePolicy.build,
     ),
 }
 POLICY_NAMES = tuple(POLICY_SPECS)

@@ -40,7 +40,9 @@ class DedupeSelector(Selector):
     needs_keys: ClassVar[bool] = True
     needs_newer_frame: ClassVar[bool] = True
 
-    def order(self, rows: int, cols: int, keys=None, newer_keys=None) -> torch.Tensor:
+    def order(
+        self, rows: int, cols: int, keys=None, newer_keys=None, attention=None
+    ) -> torch.Tensor:
         """keys, newer_keys: [F, num_kv_heads, head_dim] at one rotary time. Returns [F] int64
         on keys' device."""
         check_frame_keys(self.name, "the frame's keys", rows, cols, keys)

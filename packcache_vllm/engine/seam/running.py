@@ -16,7 +16,8 @@ written here, so the mixin names none of them, and the MRO stays mixin, then vLL
 The verbs: ``batch_request_ids``, ``computed_tokens_of_row``, ``row_token_ids`` /
 ``write_row_token_ids``, ``discard_sampled_tokens``, ``emit_tokens`` (a committed frame),
 ``set_block_row``, ``make_physical`` (slots and attention lengths), ``sampling_params_of``,
-``prompt_token_ids_of``, ``layer_caches``, ``kv_write_path``, ``use_causal_rows``.
+``prompt_token_ids_of``, ``num_prompt_tokens_of``, ``layer_caches``, ``kv_write_path``,
+``use_causal_rows``.
 """
 
 from __future__ import annotations
@@ -123,6 +124,9 @@ class RunnerSeam:
 
     def prompt_token_ids_of(self, request_id: str) -> list[int]:
         return list(self.requests[request_id].prompt_token_ids)
+
+    def num_prompt_tokens_of(self, request_id: str) -> int:
+        return self.requests[request_id].num_prompt_tokens
 
     def layer_caches(self) -> list[torch.Tensor]:
         """Every attention layer's paged KV tensor, in layer order, addressed by the

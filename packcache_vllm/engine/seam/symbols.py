@@ -170,6 +170,9 @@ _RUNNER_ROWS = (
            ("num_reqs", "query_start_loc", "positions")),
     Symbol(f"{REQUEST_STATE}.block_ids", "running", "a packed block list replaces the "
            "request's", "`set_block_row`", EVICTION, grep=False),  # also NewRequestData's
+    Symbol(f"{REQUEST_STATE}.num_prompt_tokens", "running", "a prompt's queries are not "
+           "recorded (`salience` ranks generated frames only)", "`num_prompt_tokens_of`",
+           "vLLM exposes per-request attention statistics", grep=False),  # also Request's
     Symbol(f"{REQUEST_STATE}.output_token_ids", "running", "a committed frame recorded",
            "`emit_tokens`", "frame-parallel requests leave the draft slots"),
     Symbol(f"{REQUEST_STATE}.mrope_positions", "running", "plain positions for a request whose "
