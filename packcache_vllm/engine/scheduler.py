@@ -39,6 +39,7 @@ from packcache_vllm.engine import faults, pool_fit, twins
 from packcache_vllm.engine.plans import AttentionContext, FramesToOrder, WorkerPlan, global_slots
 from packcache_vllm.engine.request_policy import request_policy, video_layout
 from packcache_vllm.engine.seam.process import vllm_logger
+from packcache_vllm.engine.seam.version import check_tested_vllm
 from packcache_vllm.engine.seam.scheduling import (
     SchedulerSeam,
     add_error_outputs,
@@ -61,6 +62,9 @@ logger = vllm_logger(__name__)
 
 
 def scheduler_policy(vllm_config) -> PackCacheConfig:
+    """The engine's policy, when this vLLM is the tested one (checked again here: a scheduler
+    class can be named by hand, bypassing ``--kv-policy``)."""
+    check_tested_vllm("PackCacheScheduler")
     config = Settings.of(vllm_config).config
     if config is None:
         raise ValueError(

@@ -222,6 +222,19 @@ def test_a_policy_is_refused_on_an_untested_vllm(monkeypatch):
     assert cli.engine_overrides("packcache", device="cpu")["scheduler_cls"]
 
 
+def test_a_hand_named_scheduler_is_refused_on_an_untested_vllm(monkeypatch):
+    """``scheduler_cls`` given without ``--kv-policy`` still meets the guard."""
+    from packcache_vllm.engine.scheduler import scheduler_policy
+
+    entry = {"packcache": {"policy": "packcache"}}
+    monkeypatch.delenv(version.ALLOW_UNTESTED_ENV, raising=False)
+    monkeypatch.setattr(version, "installed_vllm", lambda: "0.33.1")
+    with pytest.raises(ValueError, match="PackCacheScheduler was tested on vLLM 0.32.0, the "):
+        scheduler_policy(entry)
+    monkeypatch.setenv(version.ALLOW_UNTESTED_ENV, "1")
+    assert scheduler_policy(entry).window == 4
+
+
 def test_untested_versions_are_told_apart():
     assert not version.is_tested("0.33.1", environ={})
     assert version.is_tested("0.33.1", environ={version.ALLOW_UNTESTED_ENV: "1"})
