@@ -19,6 +19,7 @@ from packcache_vllm.engine.seam.process import (
     register_config_hook,
     register_model,
     request_error,
+    streamed_completion_refusal,
     vllm_logger,
 )
 from packcache_vllm.engine.seam.running import (
@@ -49,6 +50,7 @@ __all__ = [
     "count_physical_tokens", "cpu_attention_block_size_need", "cpu_model_runner_class",
     "current_device", "failures_of", "full_attention_manager", "install_cli_hooks",
     "install_request_checks", "install_shutdown_aborts", "leave_out_of_request_counts",
-    "plans_of", "register_config_hook", "register_model", "request_error", "vllm_logger",
+    "plans_of", "register_config_hook", "register_model", "request_error",
+    "streamed_completion_refusal", "vllm_logger",
     "with_failures", "wrap_attention_builders",
 ]  # fmt: skip

@@ -202,3 +202,55 @@ def test_video_client_writes_the_served_video(
         PackCachePolicy(config),
     )
     assert tuple(record["generated"]) == expected.token_ids
+
+
+def post_completion(url: str, body: dict):
+    import httpx
+
+    return httpx.post(f"{url}/completions", json=body, timeout=120)
+
+
+def test_streamed_refusals_are_the_http_400_a_plain_request_gets(
+    packcache_server, tiny_model_dir, video_prompts, per_frame
+):
+    """vLLM runs its input processor, where the door checks live, inside a streamed request's
+    stream: a refusal would be HTTP 200 and then an error event. Each streamed refusal here is
+    the same HTTP 400, body for body, as the plain request's: a bad knob value, text longer than
+    the position codes carry (token ids, and text through the server's tokenizer), an id past
+    the codebook, a malformed frame; nothing is logged as a stream error, and a good streamed
+    request on the same server still streams."""
+    import json
+    import re
+
+    url, log_path = packcache_server
+    log_before = len(log_path.read_text())
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    past_the_codebook = LUMOS_TOKENS.visual_base + config["codebook_size"]
+    video = video_prompts[0]
+    misplaced = list(video)
+    misplaced[misplaced.index(LUMOS_TOKENS.newline)] = LUMOS_TOKENS.visual_base
+    refused = [
+        ({"prompt": video, "vllm_xargs": {"packcache_window": 0}}, r"window"),
+        ({"prompt": [300] * 4096}, r"at most 4,095 text tokens before the first frame, this "
+                                   r"prompt has 4,096"),
+        ({"prompt": "a" * 5000}, r"at most 4,095 text tokens before the first frame, this "
+                                 r"prompt has 5,00\d \(it has no frame"),
+        ({"prompt": [*video[:-1], past_the_codebook]}, rf"\b{past_the_codebook}\b"),
+        ({"prompt": misplaced}, r"frame 0 .*expected <newline> \(8803\) ending row 0, got 65536"),
+    ]  # fmt: skip
+    base = {"model": str(tiny_model_dir), "max_tokens": per_frame, "ignore_eos": True}
+    for fields, message in refused:
+        plain = post_completion(url, {**base, **fields})
+        streamed = post_completion(url, {**base, **fields, "stream": True})
+        assert (plain.status_code, streamed.status_code) == (400, 400), streamed.text[:300]
+        assert streamed.json() == plain.json()
+        assert re.search(message, streamed.json()["error"]["message"])
+    good = {**base, "prompt": video_prompts[1], "vllm_xargs": {"packcache_window": 2},
+            "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    streamed = post_completion(url, good)
+    assert streamed.status_code == 200
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    events = [line.removeprefix("data: ") for line in streamed.text.splitlines() if line]
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["usage"]["completion_tokens"] == per_frame
+    assert "Error in completion stream generator" not in log_path.read_text()[log_before:]

@@ -1,5 +1,7 @@
-"""``http_guard.BooleanKnobGuard``: a JSON boolean given to a PackCache or frame-parallel knob in
-``vllm_xargs`` is an HTTP 400 before vLLM's schema turns it into 1; every other request reaches
+"""``http_guard.RequestGuard``: a JSON boolean given to a PackCache or frame-parallel knob in
+``vllm_xargs`` is an HTTP 400 before vLLM's schema turns it into 1; a streamed ``/v1/completions``
+request that vLLM's input processor refuses gets the refusal before any stream (the input
+processor itself runs in ``tests/engine/test_serve_packcache.py``); every other request reaches
 the app with its body intact."""
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import re
 
 import pytest
 
-from packcache_vllm.engine.http_guard import BooleanKnobGuard
+from packcache_vllm.engine import http_guard
+from packcache_vllm.engine.http_guard import RequestGuard
 
 
 def call(
@@ -18,6 +21,8 @@ def call(
     method: str = "POST",
     chunk: int = 7,
     content_type: bytes | None = b"application/json",
+    path: str = "/v1/completions",
+    root_path: str = "",
 ) -> tuple[list[dict], bytes | None]:
     """Run the guard over ``body`` sent in ``chunk``-byte pieces: (messages it sent, the body the
     app read, or None when the app was not called)."""
@@ -45,8 +50,9 @@ def call(
         seen.append(body)
 
     headers = [] if content_type is None else [(b"content-type", content_type)]
-    scope = {"type": "http", "method": method, "headers": headers}
-    asyncio.run(BooleanKnobGuard(app)(scope, receive, send))
+    scope = {"type": "http", "method": method, "headers": headers, "path": path}
+    scope["root_path"] = root_path
+    asyncio.run(RequestGuard(app)(scope, receive, send))
     return sent, (seen[0] if seen else None)
 
 
@@ -94,3 +100,42 @@ def test_malformed_json_other_methods_and_forms_are_left_to_vllm():
     ]:
         sent, reached = call(body, method, content_type=content_type)
         assert reached == body and sent == []
+
+
+REFUSAL = {"error": {"message": "refused", "type": "BadRequestError", "param": None, "code": 400}}
+
+
+def input_processor(monkeypatch, answer: dict | None) -> list[bytes]:
+    """Stand in for the seam's input-processor run (it needs vLLM's app): the bodies it is
+    asked about."""
+    asked: list[bytes] = []
+
+    async def refusal(scope, body):
+        asked.append(body)
+        return answer
+
+    monkeypatch.setattr(http_guard, "input_processor_refusal", refusal)
+    return asked
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path"), [("/v1/completions", ""), ("/api/v1/completions", "/api")]
+)
+def test_a_refused_streamed_completion_gets_the_refusal_as_its_status(monkeypatch, path, root_path):
+    asked = input_processor(monkeypatch, {**REFUSAL, "error": {**REFUSAL["error"], "code": 404}})
+    body = json.dumps({"prompt": [1, 2], "stream": True}).encode()
+    sent, reached = call(body, path=path, root_path=root_path)
+    assert reached is None and asked == [body]
+    assert sent[0]["status"] == 404
+    assert json.loads(sent[1]["body"])["error"]["message"] == "refused"
+
+
+def test_only_completion_bodies_naming_stream_are_checked_and_accepted_ones_pass(monkeypatch):
+    asked = input_processor(monkeypatch, REFUSAL)
+    streamed = json.dumps({"prompt": [1, 2], "stream": True}).encode()
+    plain = json.dumps({"prompt": [1, 2], "max_tokens": 4}).encode()
+    for body, path in [(streamed, "/v1/chat/completions"), (plain, "/v1/completions")]:
+        assert call(body, path=path) == ([], body)
+    assert asked == []
+    asked = input_processor(monkeypatch, None)
+    assert call(streamed) == ([], streamed) and asked == [streamed]

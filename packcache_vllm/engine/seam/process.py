@@ -134,15 +134,15 @@ def _expand_after_parsing(parser, flags: CliFlags) -> None:
     parser.parse_known_args = parse_known_args_and_expand
 
 
-REQUEST_GUARD = "packcache_vllm.engine.http_guard.BooleanKnobGuard"
+REQUEST_GUARD = "packcache_vllm.engine.http_guard.RequestGuard"
 
 
 def add_request_guard(namespace) -> None:
-    """Put ``http_guard.BooleanKnobGuard`` on vLLM's ``--middleware`` list (the OpenAI server's
+    """Put ``http_guard.RequestGuard`` on vLLM's ``--middleware`` list (the OpenAI server's
     documented ASGI hook, launchers/cli_args.py; serve/middleware/register.py adds each entry
     with ``app.add_middleware``): the one place that sees a request's raw JSON, where
-    ``vllm_xargs`` booleans are still booleans. A namespace without the field (not the OpenAI
-    server's parser) is left alone."""
+    ``vllm_xargs`` booleans are still booleans, and that can answer before vLLM starts a
+    stream. A namespace without the field (not the OpenAI server's parser) is left alone."""
     middleware = getattr(namespace, "middleware", None)
     if middleware is not None and REQUEST_GUARD not in middleware:
         namespace.middleware = [*middleware, REQUEST_GUARD]
@@ -207,6 +207,88 @@ def install_request_checks(check_request: Callable[..., None]) -> None:
 
     setattr(process_and_check_inputs, REQUEST_CHECK_MARK, True)
     InputProcessor.process_inputs = process_and_check_inputs
+
+
+async def streamed_completion_refusal(scope, body: bytes) -> dict | None:
+    """vLLM's error body (``ErrorResponse``) for a streamed ``/v1/completions`` request that the
+    input processor refuses, the plugin's checks included (``install_request_checks``); None
+    for any other request.
+
+    vLLM 0.32 runs the input processor inside a streamed request's stream (HTTP 200, then an
+    error event). Here, before the stream: the request becomes engine inputs and sampling
+    params as ``OpenAIServingCompletion._create_completion`` makes them, and each goes through
+    ``InputProcessor.process_inputs``, whose result is dropped (the engine sees nothing); a
+    refusal gives the body and status a plain request gets. None as well where vLLM refuses the
+    request in those first steps (or serves no completions): vLLM then answers it itself, as
+    before, since those steps run before it starts a stream."""
+    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+    from vllm.exceptions import VLLMClientError
+
+    prepared = await streamed_completion_inputs(scope, body)
+    if prepared is None:
+        return None
+    engine_client, inputs = prepared
+    supported_tasks = await engine_client.get_supported_tasks()
+    for index, (engine_input, sampling_params) in enumerate(inputs):
+        try:
+            engine_client.input_processor.process_inputs(
+                f"packcache-door-{index}", engine_input, sampling_params, supported_tasks
+            )
+        except (VLLMClientError, ValueError, TypeError, OverflowError) as err:  # vLLM's 4xx
+            return create_error_response(err).model_dump()
+    return None
+
+
+async def streamed_completion_inputs(scope, body: bytes):
+    """(engine client, [(engine input, SamplingParams)]) of a streamed ``/v1/completions``
+    body, made by vLLM's own steps: the route's media-type check, the model check and the
+    server's renderer and tokenizer (``render_completion_request``), ``get_max_tokens``,
+    ``to_sampling_params``. None for a request that is not streamed, or that vLLM refuses in
+    these steps."""
+    import json
+
+    from fastapi.exceptions import RequestValidationError
+    from starlette.requests import Request
+    from vllm.entrypoints.openai.completion.api_router import completion
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+    from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+    from vllm.entrypoints.serve.utils.api_utils import validate_json_request
+    from vllm.exceptions import VLLMError
+
+    raw_request = Request(scope)
+    handler = completion(raw_request)
+    if handler is None:
+        return None
+    try:
+        await validate_json_request(raw_request)
+        request = CompletionRequest.model_validate(json.loads(body))
+        if not request.stream or request.use_beam_search:
+            return None
+        engine_inputs = await handler.render_completion_request(request)
+        if isinstance(engine_inputs, ErrorResponse):
+            return None
+        inputs = [(i, completion_params(handler, request, i)) for i in engine_inputs]
+    except (RequestValidationError, VLLMError, ValueError, TypeError, OverflowError):
+        return None  # vLLM refuses it again, itself, before any stream
+    return handler.engine_client, inputs
+
+
+def completion_params(handler, request, engine_input):
+    """The SamplingParams vLLM gives one prompt of a completion request (max_tokens as
+    ``OpenAIServingCompletion._create_completion`` works it out)."""
+    from vllm.entrypoints.serve.utils.api_utils import get_max_tokens
+    from vllm.renderers.inputs.preprocess import extract_prompt_len
+
+    model_config = handler.engine_client.vllm_config.model_config
+    max_tokens = get_max_tokens(
+        model_config.max_model_len,
+        request.max_tokens,
+        extract_prompt_len(model_config, engine_input),
+        handler.default_sampling_params,
+        handler.override_max_tokens,
+        truncate_prompt_tokens=request.truncate_prompt_tokens,
+    )
+    return request.to_sampling_params(max_tokens, handler.default_sampling_params)
 
 
 # --- shutdown: every in-flight request gets a terminal response -----------------------------

@@ -47,6 +47,7 @@ SCHEDULER = "vllm.v1.core.sched.scheduler:Scheduler"
 MANAGER = "vllm.v1.core.single_type_kv_cache_manager:SingleTypeKVCacheManager"
 EVICTION = f"vLLM evicts a block range of a running request and tells the worker ({UPSTREAM})"
 PHYSICAL = "the V1 runner takes a physical length per request (token eviction upstream)"
+COMPLETIONS = "vllm.entrypoints.openai.completion.serving:OpenAIServingCompletion"
 
 _SCHEDULER_ROWS = (
     Symbol(f"{SCHEDULER}._preempt_request", "scheduling", "a preempted request's packed state "
@@ -212,6 +213,37 @@ _PROCESS_ROWS = (
            ("request_id", "prompt", "params", "supported_tasks", "arrival_time",
             "lora_request", "tokenization_kwargs", "trace_headers", "priority",
             "data_parallel_rank", "resumable", "session_id", "kv_hints")),
+    Symbol("vllm.entrypoints.openai.completion.api_router:completion", "process", "a refused "
+           "streamed completion would get HTTP 200 and an error event: vLLM runs the input "
+           "processor inside the stream", "the request guard runs it first on the app's "
+           "completions handler (`streamed_completion_inputs`)", "vLLM runs the input processor "
+           "before it starts a stream", grep=False),  # a common word
+    Symbol("vllm.entrypoints.serve.utils.api_utils:validate_json_request", "process", "the "
+           "route's own media-type check comes first", "`streamed_completion_inputs`",
+           "as above"),
+    Symbol(f"{COMPLETIONS}.render_completion_request", "process", "the streamed request "
+           "rendered as vLLM renders it (model check, the server's tokenizer)",
+           "`streamed_completion_inputs`", "as above", ("request",)),
+    Symbol(f"{COMPLETIONS}.engine_client", "process", "the input processor and config the "
+           "request goes to", "`streamed_completion_inputs`", "as above",
+           grep=False),  # also the videos API's own attribute
+    Symbol(f"{COMPLETIONS}.default_sampling_params", "process", "its sampling params as "
+           "vLLM makes them", "`completion_params`", "as above"),
+    Symbol(f"{COMPLETIONS}.override_max_tokens", "process", "as above", "`completion_params`",
+           "as above"),
+    Symbol("vllm.entrypoints.serve.utils.api_utils:get_max_tokens", "process", "as above",
+           "`completion_params`", "as above"),
+    Symbol("vllm.renderers.inputs.preprocess:extract_prompt_len", "process", "as above",
+           "`completion_params`", "as above"),
+    Symbol("vllm.entrypoints.openai.completion.protocol:CompletionRequest.to_sampling_params",
+           "process", "as above", "`completion_params`", "as above",
+           ("max_tokens", "default_sampling_params")),
+    Symbol("vllm.v1.engine.async_llm:AsyncLLM.input_processor", "process", "the streamed "
+           "request is checked (`process_inputs`, result dropped) before vLLM starts its stream",
+           "`streamed_completion_refusal`", "as above"),
+    Symbol("vllm.entrypoints.serve.exception_handling.error_response:create_error_response",
+           "process", "a refusal's body and status as a plain request gets them",
+           "`streamed_completion_refusal`", "as above"),
     Symbol("vllm.v1.engine.async_llm:AsyncLLM.shutdown", "process", "on SIGTERM vLLM kills "
            "the engine core before in-flight requests end; their clients wait forever",
            "wrapped: after vLLM's shutdown, `OutputProcessor.abort_requests` for whatever is "
