@@ -9,10 +9,11 @@ A clip (caption + T frames) becomes one sequence of four kinds of segment (``Rol
   as ``ARDFSession.prefill_prompt`` forwards it;
 * commit f: frame f's history-masked copy (``history_mask(rows, cols, 0.7)``, the periodic
   pattern every commit uses at inference) at frame f's logical indices; it sees the text,
-  commits 0..f-1 and itself (bidirectionally): what ``ARDFSession.commit`` computes. Frame 0
-  (the conditioning frame) is committed masked too, which matches inference with
-  ``ardf_condition_mask_ratio`` 0.7, not Lumos-1's default of caching it whole (README,
-  "Quality": what that costs the checkpoints trained this way);
+  commits 0..f-1 and itself (bidirectionally): what ``ARDFSession.commit`` computes. The
+  prompt's conditioning frame(s) (frame 0) are committed with ``ARDFConfig.condition_ratio``
+  instead: 0 (default, Lumos-1's inference: ``ardf_condition_mask_ratio`` 0) caches them whole,
+  as ``ARDFSession.prefill_prompt`` does; 0.7 masks them like every commit (the earlier
+  checkpoints were trained so);
 * canvas f: the true frame f with a random fraction of its visual cells ``<mask>`` (MaskGIT:
   ``ceil(cos(pi/2 * u) * cells)`` of them, u ~ U(0, 1), at least one; layout tokens never
   masked) at frame f's logical indices, the ones its commit uses later, as the denoising
@@ -52,8 +53,10 @@ from packcache_vllm.train.data import PAD_ID
 from packcache_vllm.train.model import TrainableLumos
 from packcache_vllm.video.tokens import SceneClip, frame_tokens
 
-# what inference commits with unless a request overrides it (Lumos-1's 0.7)
+# what inference commits with unless a request overrides it (Lumos-1's 0.7), and what it caches
+# the prompt's conditioning frames with (Lumos-1's 0: whole)
 LUMOS_HISTORY_MASK_RATIO = ARDFSamplingParams().history_mask_ratio
+LUMOS_CONDITION_MASK_RATIO = ARDFSamplingParams().condition_mask_ratio
 
 
 class Role(enum.IntEnum):
@@ -68,13 +71,16 @@ class Role(enum.IntEnum):
 @dataclass(frozen=True)
 class ARDFConfig:
     """history_ratio: the commits' history-mask ratio (inference's ``history_mask_ratio``);
-    drop_caption: probability that an example is the unconditional twin's (CFG)."""
+    condition_ratio: the same for the prompt's conditioning frames (inference's
+    ``condition_mask_ratio``; 0: cached whole); drop_caption: probability that an example is
+    the unconditional twin's (CFG)."""
 
     history_ratio: float = LUMOS_HISTORY_MASK_RATIO
+    condition_ratio: float = LUMOS_CONDITION_MASK_RATIO
     drop_caption: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("history_ratio", "drop_caption"):
+        for name in ("history_ratio", "condition_ratio", "drop_caption"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"ARDFConfig.{name} must lie in [0, 1], got {value}")
@@ -158,13 +164,16 @@ def build_example(clip: SceneClip, config: ARDFConfig, gen: torch.Generator) -> 
         raise ValueError(f"an AR-DF example needs >= 2 frames, got {num_frames}")
     truth = torch.stack([torch.tensor(frame_tokens(f)) for f in frames])  # [T, F]
     per_frame = truth.shape[1]
-    commit = history_mask(rows, cols, config.history_ratio)
+    conditioning = clip.layout.num_anchor_frames  # the prompt's frames: 0..conditioning-1
+    ratios = [config.condition_ratio if f < conditioning else config.history_ratio
+              for f in range(num_frames - 1)]  # fmt: skip
+    commit_masks = [history_mask(rows, cols, ratio) for ratio in ratios]
     segments = [Segment(text, Role.TEXT, 0, torch.arange(text.numel()))]
 
     def span(f: int) -> torch.Tensor:
         return text.numel() + f * per_frame + torch.arange(per_frame)
 
-    for f in range(num_frames - 1):
+    for f, commit in enumerate(commit_masks):
         segments.append(Segment(apply_history_mask(truth[f], commit), Role.COMMIT, f, span(f)))
     for f in range(1, num_frames):
         canvas = mask_cells(truth[f], canvas_cell_mask(rows * cols, gen), rows, cols)

@@ -13,8 +13,9 @@ Two more for frame-parallel (AR-DF) generation, with ``reference_ardf`` (conditi
 exactly as inference does them):
 
 * teacher-forced masked cells (``masked_cell_accuracy``): each frame t >= 1 as a canvas with some
-  of its cells ``<mask>`` is read (argmax over the visual vocabulary) after the prompt and the
-  true frames < t were committed (history-masked); only the masked cells count. Baseline: frame
+  of its cells ``<mask>`` is read (argmax over the visual vocabulary) after the prompt (its
+  conditioning frame cached whole by default, as inference) and the true frames < t were
+  committed (history-masked); only the masked cells count. Baseline: frame
   t-1's cell copied, at the same cells.
 * free-running (``ardf_rollout_accuracy``): ``generate_ardf`` from the prompt alone (MaskGIT
   denoising with CFG, ``ARDF_EVAL_PARAMS``: deterministic argmax). Baseline: the first frame
@@ -110,16 +111,19 @@ def masked_cell_accuracy(
     mask_fraction: float | None = 1.0,
     seed: int = 0,
     history_ratio: float = ARDF_EVAL_PARAMS.history_mask_ratio,
+    condition_ratio: float = ARDF_EVAL_PARAMS.condition_mask_ratio,
 ) -> FrameAccuracy:
     """Teacher-forced AR-DF accuracy at the masked cells of frames 1.. (module docstring), one
     canvas per frame, conditioned twin only. mask_fraction: the fraction of cells masked (1: the
     first denoising step's all-``<mask>`` canvas; None: MaskGIT's random fraction, as training
-    draws it); the cells are drawn from a generator seeded with ``seed``."""
+    draws it); the cells are drawn from a generator seeded with ``seed``. history_ratio,
+    condition_ratio: the commits' and the prompt's conditioning frame's history-mask ratios
+    (inference's defaults: 0.7, and 0 = cached whole)."""
     num_frames, rows, cols = clip.frames.shape
     commit_mask = history_mask(rows, cols, history_ratio)
     attention = FrameAttention.BIDIRECTIONAL
     session = ARDFSession(model, model.layout_for(clip.prompt), NoEviction())
-    session.prefill_prompt(clip.prompt, commit_mask, attention)
+    session.prefill_prompt(clip.prompt, history_mask(rows, cols, condition_ratio), attention)
     gen = torch.Generator().manual_seed(seed)
     model_acc, baseline_acc = [], []
     for t in range(1, num_frames):

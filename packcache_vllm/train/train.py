@@ -28,9 +28,10 @@ other jobs hold the cores).
 * ``ardf``: Lumos-1's AR-DF objective (``train.ardf``): per frame, a canvas with a random MaskGIT
   fraction of its cells ``<mask>`` is predicted from the text, the history-masked commits of the
   earlier frames and its own unmasked cells (bidirectional inside the frame), at the logical
-  indices frame-parallel inference uses; 10 % of the examples drop the caption to train the CFG
-  twin; serves the engine's frame-parallel mode. AR-DF masks and caption drops come from a
-  generator seeded with ``--seed``;
+  indices frame-parallel inference uses (the conditioning frame cached whole, as Lumos-1's
+  inference, unless ``--condition-mask-ratio`` says otherwise); 10 % of the examples drop
+  the caption to train the CFG twin; serves the engine's frame-parallel mode. AR-DF masks and
+  caption drops come from a generator seeded with ``--seed``;
 * ``both``: the sum of the two losses on the same clips, so one checkpoint serves both modes.
 
 ``--init DIR`` starts from a checkpoint this script wrote (fine-tuning) instead of a seeded init;
@@ -268,6 +269,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
         help="AR-DF: fraction of examples without the caption (the CFG twin)",
     )
     parser.add_argument(
+        "--condition-mask-ratio",
+        type=float,
+        default=defaults.ardf.condition_ratio,
+        help="AR-DF: history-mask ratio of the prompt's conditioning frame in the examples "
+        "(0: cached whole, as Lumos-1's inference; 0.7: masked like every commit)",
+    )
+    parser.add_argument(
         "--init", type=Path, help="start from this checkpoint (one this script wrote)"
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -277,7 +285,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
         config = TrainConfig(
             **fields,
             clip=ClipSpec(num_frames=args.frames),
-            ardf=ARDFConfig(drop_caption=args.drop_caption),
+            ardf=ARDFConfig(
+                condition_ratio=args.condition_mask_ratio, drop_caption=args.drop_caption
+            ),
             init=None if args.init is None else str(args.init),
         )
     except ValueError as err:
